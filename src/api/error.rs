@@ -1,0 +1,132 @@
+//! The one error type of the HTTP layer. Every error a client sees is
+//! `{"error": "..."}` with the status named in each variant's doc comment; causes of
+//! 5xx answers are logged, not sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::hub::HubError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the id does not match `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`.
+    #[error("Invalid task id")]
+    InvalidTaskId,
+    /// 400: a body that is not JSON, or a query parameter that does not parse.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: a write without the configured bearer token.
+    #[error("Missing or invalid API token")]
+    Unauthorized,
+    /// 403: a forbidden origin, or a path outside the allowed roots.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: exactly the body the original polling endpoint sent.
+    #[error("Task not found")]
+    TaskNotFound,
+    /// 404: any other missing resource or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    /// 409: the task exists already, or has already finished.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413
+    #[error("Request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 415
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// 422: well-formed JSON with wrong types or values; the message names the field.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 426: a WebSocket route asked without an upgrade.
+    #[error("This route needs a WebSocket upgrade")]
+    UpgradeRequired,
+    /// 503 with `Retry-After`: a limit is reached or the server is stopping.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after_secs: u32,
+    },
+    /// 500: the cause is logged; the client sees a generic message.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidTaskId | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TaskNotFound | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(error: HubError) -> Self {
+        match error {
+            HubError::NotFound => ApiError::TaskNotFound,
+            HubError::AlreadyExists | HubError::Finished(_) => {
+                ApiError::Conflict(error.to_string())
+            }
+            HubError::Rejected(rejected) => ApiError::Unprocessable(rejected.to_string()),
+            HubError::Store(store) => {
+                tracing::error!(error = %store, "store failed");
+                ApiError::Unavailable {
+                    message: "Task store unavailable".to_string(),
+                    retry_after_secs: 5,
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        let body = serde_json::json!({ "error": self.to_string() }).to_string();
+        let mut response = json_response(self.status(), Bytes::from(body));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON response from bytes that are already encoded.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}

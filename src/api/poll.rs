@@ -1,0 +1,77 @@
+//! `GET /api/index-progress/{task_id}`: the original polling contract, with `ETag`/`304`
+//! and a long poll (`?since=&wait=`) for clients that cannot stream.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::error::{json_response, ApiError};
+use super::extract::{ApiQuery, TaskIdPath};
+use super::AppState;
+use crate::hub::Event;
+
+/// The longest a long poll waits, whatever the client asks.
+pub const MAX_WAIT_SECS: f64 = 30.0;
+
+#[derive(Deserialize)]
+pub struct PollQuery {
+    /// Answer once the task's seq is greater than this.
+    since: Option<u64>,
+    /// Seconds to wait for that; without `since` there is nothing to wait for.
+    wait: Option<f64>,
+}
+
+pub async fn poll(
+    State(state): State<AppState>,
+    TaskIdPath(id): TaskIdPath,
+    ApiQuery(query): ApiQuery<PollQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let wait = match query.wait {
+        Some(w) if w.is_finite() && w >= 0.0 => w.min(MAX_WAIT_SECS),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "wait must be a non-negative number of seconds".to_string(),
+            ))
+        }
+        None => 0.0,
+    };
+    let event = match query.since {
+        Some(since) if wait > 0.0 => {
+            let hub = &state.hub;
+            tokio::select! {
+                event = hub.wait_for_change(&id, since, Duration::from_secs_f64(wait)) => event?,
+                // A stopping server answers at once with what it has.
+                _ = state.shutdown.cancelled() => hub.get(&id).ok_or(ApiError::TaskNotFound)?,
+            }
+        }
+        _ => state.hub.get(&id).ok_or(ApiError::TaskNotFound)?,
+    };
+    Ok(respond(&event, &headers))
+}
+
+/// `200` with the snapshot, or `304` when the client's `If-None-Match` is current.
+pub fn respond(event: &Event, headers: &HeaderMap) -> Response {
+    let etag = format!("\"{}\"", event.seq());
+    let fresh = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == etag || tag == "*");
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        json_response(StatusCode::OK, event.json().clone())
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    response
+}

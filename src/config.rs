@@ -1,0 +1,143 @@
+//! Every setting in one place: each field is a flag, a `PROGRESS_HUB_*` environment
+//! variable and a doc comment that becomes its `--help` line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::hub::HubConfig;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "progress-hub",
+    version,
+    about = "Real-time task-progress server: producers publish, browsers follow over SSE, WebSocket or polling"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Serve the HTTP API (the default when no command is given).
+    Serve,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (the chosen one is printed).
+    #[arg(long, env = "PROGRESS_HUB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the task database and the search index.
+    #[arg(long, env = "PROGRESS_HUB_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Folders the built-in indexer may read (repeatable; the environment variable is
+    /// `:`-separated). Defaults to the current directory.
+    #[arg(long = "index-root", env = "PROGRESS_HUB_INDEX_ROOTS", value_delimiter = ':')]
+    pub index_roots: Vec<PathBuf>,
+
+    /// Bearer token that producers must send to write. Never logged.
+    #[arg(long, env = "PROGRESS_HUB_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Allow serving on a non-loopback address without an API token.
+    #[arg(long, env = "PROGRESS_HUB_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// Updates of one task within this many milliseconds merge into one published change;
+    /// 0 publishes every update.
+    #[arg(long, env = "PROGRESS_HUB_COALESCE_MS", default_value_t = 50)]
+    pub coalesce_ms: u64,
+
+    /// Seconds of silence after which a stream gets a keep-alive comment (SSE) or ping (WS).
+    #[arg(long, env = "PROGRESS_HUB_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_secs: u64,
+
+    /// Events kept per running task for `Last-Event-ID` replay.
+    #[arg(long, env = "PROGRESS_HUB_HISTORY", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub history: u64,
+
+    /// Events a subscriber may fall behind before it skips to the newest snapshot.
+    #[arg(long, env = "PROGRESS_HUB_SUBSCRIBER_BUFFER", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub subscriber_buffer: u64,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "PROGRESS_HUB_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, env = "PROGRESS_HUB_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+
+    /// Seconds that shutdown waits for open connections before closing them.
+    #[arg(long, env = "PROGRESS_HUB_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// The defaults, as `progress-hub` with no flags and no environment would run, but
+    /// listening on a free loopback port. For tests and embedding.
+    pub fn for_tests() -> Config {
+        let mut config = Config::defaults();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+
+    /// The built-in defaults, ignoring the environment.
+    pub fn defaults() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            index_roots: Vec::new(),
+            api_token: None,
+            allow_unauthenticated: false,
+            coalesce_ms: 50,
+            heartbeat_secs: 15,
+            history: 128,
+            subscriber_buffer: 128,
+            max_body_bytes: 64 * 1024,
+            header_timeout_secs: 10,
+            shutdown_grace_secs: 5,
+        }
+    }
+
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            coalesce: Duration::from_millis(self.coalesce_ms),
+            history_len: self.history as usize,
+            channel_capacity: self.subscriber_buffer as usize,
+            ..HubConfig::default()
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_parser() {
+        let parsed = Cli::parse_from(["progress-hub"]).config;
+        let built = Config::defaults();
+        // The environment may override the parser; compare only where it is unset.
+        if std::env::vars().all(|(k, _)| !k.starts_with("PROGRESS_HUB_")) {
+            assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+        }
+    }
+}

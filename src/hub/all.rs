@@ -1,0 +1,165 @@
+//! The stream of every task's changes (`GET /api/events`), for dashboards.
+//!
+//! Each published event gets the next value of a server-wide counter, its id on this
+//! stream. A bounded ring of recent events serves `Last-Event-ID` replay; beyond it a
+//! client gets the newest event of each task instead, which is enough because every
+//! event is a full snapshot.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::event::{sse_frame, Event};
+use super::{Stats, TaskId};
+
+/// One event on the all-tasks stream.
+#[derive(Clone)]
+pub struct AllEvent(Arc<AllEventInner>);
+
+struct AllEventInner {
+    id: u64,
+    event: Event,
+    /// Encoded on first use: a server without dashboards never pays for it.
+    sse: OnceLock<Bytes>,
+}
+
+impl AllEvent {
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.0.event
+    }
+
+    pub fn sse_frame(&self) -> &Bytes {
+        self.0
+            .sse
+            .get_or_init(|| sse_frame(self.0.id, self.0.event.kind(), self.0.event.json()))
+    }
+}
+
+pub(crate) struct AllTasks {
+    state: Mutex<AllState>,
+    history_len: usize,
+}
+
+struct AllState {
+    last_id: u64,
+    history: VecDeque<AllEvent>,
+    /// The newest event of every task the hub holds, for resyncs.
+    latest: HashMap<TaskId, AllEvent>,
+    tx: broadcast::Sender<AllEvent>,
+}
+
+impl AllTasks {
+    pub fn new(history_len: usize, channel_capacity: usize) -> Self {
+        AllTasks {
+            state: Mutex::new(AllState {
+                last_id: 0,
+                history: VecDeque::new(),
+                latest: HashMap::new(),
+                tx: broadcast::channel(channel_capacity).0,
+            }),
+            history_len: history_len.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AllState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called with the task's lock held, so one task's events keep their order here.
+    pub fn publish(&self, event: &Event) {
+        let mut st = self.lock();
+        st.last_id += 1;
+        let all = AllEvent(Arc::new(AllEventInner {
+            id: st.last_id,
+            event: event.clone(),
+            sse: OnceLock::new(),
+        }));
+        st.history.push_back(all.clone());
+        while st.history.len() > self.history_len {
+            st.history.pop_front();
+        }
+        st.latest.insert(event.task_id().clone(), all.clone());
+        let _ = st.tx.send(all);
+    }
+
+    pub fn forget(&self, task_id: &TaskId) {
+        self.lock().latest.remove(task_id);
+    }
+
+    pub fn subscribe(self: &Arc<Self>, last_event_id: Option<u64>, stats: Arc<Stats>) -> AllSubscription {
+        let st = self.lock();
+        let last = last_event_id.filter(|&n| n <= st.last_id);
+        let backlog = match last {
+            Some(n) if st.history.front().is_some_and(|e| e.id() <= n + 1) || n == st.last_id => {
+                stats.replays.fetch_add(1, Ordering::Relaxed);
+                st.history.iter().filter(|e| e.id() > n).cloned().collect()
+            }
+            Some(n) => resync(&st, n, true),
+            None => resync(&st, 0, false),
+        };
+        AllSubscription {
+            all: Arc::clone(self),
+            backlog,
+            rx: st.tx.subscribe(),
+            last_id: last.unwrap_or(0),
+            stats,
+        }
+    }
+}
+
+/// The newest event of each task changed after `after`, in id order. Finished tasks are
+/// included only for a client that was following before (it has not seen their end).
+fn resync(st: &AllState, after: u64, include_finished: bool) -> VecDeque<AllEvent> {
+    let mut events: Vec<AllEvent> = st
+        .latest
+        .values()
+        .filter(|e| e.id() > after && (include_finished || !e.event().is_terminal()))
+        .cloned()
+        .collect();
+    events.sort_unstable_by_key(AllEvent::id);
+    events.into()
+}
+
+pub struct AllSubscription {
+    all: Arc<AllTasks>,
+    backlog: VecDeque<AllEvent>,
+    rx: broadcast::Receiver<AllEvent>,
+    last_id: u64,
+    stats: Arc<Stats>,
+}
+
+impl AllSubscription {
+    /// The next unseen event of any task. Cancel-safe. Never ends by itself: the
+    /// all-tasks stream lives as long as the server.
+    pub async fn next(&mut self) -> AllEvent {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                if event.id() > self.last_id {
+                    self.last_id = event.id();
+                    return event;
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(event) if event.id() > self.last_id => {
+                    self.last_id = event.id();
+                    return event;
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    self.stats.lag_resyncs.fetch_add(1, Ordering::Relaxed);
+                    self.backlog = resync(&self.all.lock(), self.last_id, true);
+                }
+                // The sender lives as long as the hub; this only happens while dropping it.
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    }
+}

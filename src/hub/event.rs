@@ -1,0 +1,162 @@
+//! An [`Event`] is one published snapshot of a task, serialized once.
+//!
+//! Every transport sends the same bytes: polling answers with [`Event::json`], SSE writes
+//! [`Event::sse_frame`], WebSocket sends [`Event::json`] as a text frame. Cloning an event
+//! only bumps a reference count, so fanning it out to N subscribers costs N writes and
+//! no serialization.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::snapshot::{Snapshot, Status};
+use super::TaskId;
+
+/// The SSE event name of a change; also the `event` field of its JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Progress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl EventKind {
+    pub fn for_status(status: Status) -> Self {
+        match status {
+            Status::Completed => EventKind::Completed,
+            Status::Failed => EventKind::Failed,
+            Status::Cancelled => EventKind::Cancelled,
+            Status::Pending | Status::Processing => EventKind::Progress,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Progress => "progress",
+            EventKind::Completed => "completed",
+            EventKind::Failed => "failed",
+            EventKind::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != EventKind::Progress
+    }
+}
+
+/// A published change: cheap to clone, immutable, encoded once.
+#[derive(Clone)]
+pub struct Event(Arc<EventInner>);
+
+struct EventInner {
+    task_id: TaskId,
+    seq: u64,
+    status: Status,
+    kind: EventKind,
+    /// Milliseconds since the Unix epoch of the task's creation; lets listings sort
+    /// without decoding the JSON.
+    created_at_ms: u64,
+    /// `id: <seq>\nevent: <kind>\ndata: <json>\n\n`, ready for the wire.
+    sse: Bytes,
+    /// The snapshot as one line of JSON (the poll body, the SSE `data`, the WS frame):
+    /// a slice of `sse`, so both share one allocation.
+    json: Bytes,
+}
+
+impl Event {
+    /// Serializes a snapshot into an event. Called once per published change.
+    pub fn encode(snapshot: &Snapshot) -> Self {
+        let kind = EventKind::for_status(snapshot.status);
+        let json = snapshot.to_json(kind);
+        let sse = sse_frame(snapshot.seq, kind, &json);
+        let start = sse.len() - json.len() - 2;
+        let json = sse.slice(start..start + json.len());
+        Event(Arc::new(EventInner {
+            task_id: snapshot.task_id.clone(),
+            seq: snapshot.seq,
+            status: snapshot.status,
+            kind,
+            created_at_ms: snapshot.created_at_ms,
+            sse,
+            json,
+        }))
+    }
+
+    /// Rebuilds an event from the JSON a store kept, with the snapshot it carries.
+    pub fn decode(json: &[u8]) -> Result<(Event, Snapshot), String> {
+        let snapshot = Snapshot::from_json(json)?;
+        Ok((Event::encode(&snapshot), snapshot))
+    }
+
+    pub fn task_id(&self) -> &TaskId {
+        &self.0.task_id
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.0.seq
+    }
+
+    pub fn status(&self) -> Status {
+        self.0.status
+    }
+
+    pub fn kind(&self) -> EventKind {
+        self.0.kind
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.0.kind.is_terminal()
+    }
+
+    pub fn created_at_ms(&self) -> u64 {
+        self.0.created_at_ms
+    }
+
+    pub fn json(&self) -> &Bytes {
+        &self.0.json
+    }
+
+    pub fn sse_frame(&self) -> &Bytes {
+        &self.0.sse
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("task_id", &self.0.task_id)
+            .field("seq", &self.0.seq)
+            .field("kind", &self.0.kind)
+            .finish()
+    }
+}
+
+/// Builds one SSE frame. `json` never contains a newline (serde_json escapes them), so a
+/// single `data:` line carries it.
+pub fn sse_frame(id: u64, kind: EventKind, json: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(json.len() + 48);
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.to_string().as_bytes());
+    buf.put_slice(b"\nevent: ");
+    buf.put_slice(kind.as_str().as_bytes());
+    buf.put_slice(b"\ndata: ");
+    buf.put_slice(json);
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_frame_has_id_event_and_one_data_line() {
+        let frame = sse_frame(7, EventKind::Completed, br#"{"a":"x\ny"}"#);
+        assert_eq!(
+            &frame[..],
+            b"id: 7\nevent: completed\ndata: {\"a\":\"x\\ny\"}\n\n"
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! The hub: every task's snapshot, sequence numbers, history and fan-out. No HTTP in here.
+//!
+//! Producers call [`Hub::create`], [`Hub::progress`] and [`Hub::finish`]; readers call
+//! [`Hub::get`], [`Hub::subscribe`], [`Hub::wait_for_change`] and [`Hub::subscribe_all`].
+//! Each published change is encoded once into an [`Event`] that every transport sends as-is.
+//!
+//! Fast producers are coalesced: the first update after a quiet period is published at
+//! once, later ones within the window merge into one change published when the window
+//! closes. Status changes and terminal changes never wait.
+
+mod all;
+mod event;
+mod id;
+mod rate;
+mod snapshot;
+mod subscription;
+mod task;
+pub mod time;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub use all::{AllEvent, AllSubscription};
+pub use event::{Event, EventKind};
+pub use id::{InvalidTaskId, TaskId};
+pub use snapshot::{Outcome, ProgressUpdate, Snapshot, Status, UpdateRejected};
+pub use subscription::Subscription;
+
+use crate::store::{Store, StoreError};
+use task::{StartPoint, TaskCell, TaskRef, TaskState};
+
+/// The error a running built-in job's task ends with when the process that ran it stopped.
+pub const INTERRUPTED_BY_RESTART: &str = "interrupted by restart";
+
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Updates of one task inside this window merge into one published change.
+    pub coalesce: Duration,
+    /// Events kept per running task for `Last-Event-ID` replay.
+    pub history_len: usize,
+    /// Events a subscriber may fall behind before it is resynced to the newest snapshot.
+    pub channel_capacity: usize,
+    /// Events kept for replay on the all-tasks stream.
+    pub all_history_len: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            coalesce: Duration::from_millis(50),
+            history_len: 128,
+            channel_capacity: 128,
+            all_history_len: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("Task not found")]
+    NotFound,
+    #[error("Task already exists")]
+    AlreadyExists,
+    #[error("Task already {}", .0.as_str())]
+    Finished(Status),
+    #[error(transparent)]
+    Rejected(#[from] UpdateRejected),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters the metrics endpoint and the tests read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events_published: AtomicU64,
+    pub updates_coalesced: AtomicU64,
+    pub lag_resyncs: AtomicU64,
+    pub replays: AtomicU64,
+}
+
+/// What a new task starts with.
+#[derive(Debug, Default, Clone)]
+pub struct NewTask {
+    /// `None` lets the hub generate a UUID v4.
+    pub id: Option<TaskId>,
+    pub name: Option<String>,
+    pub total: u64,
+    /// Set by built-in jobs (see [`Snapshot::job`]).
+    pub job: Option<String>,
+}
+
+/// A cheap-to-clone handle; every clone is the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: HubConfig,
+    tasks: RwLock<HashMap<TaskId, TaskRef>>,
+    all: Arc<all::AllTasks>,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    /// Coalescing timers are spawned here, so producers on blocking threads can report.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Hub {
+    /// Builds a hub from what `store` holds. Must be called inside a tokio runtime.
+    /// Tasks of built-in jobs that were still running are failed as interrupted: the
+    /// process that ran them is gone.
+    pub fn new(config: HubConfig, store: Arc<dyn Store>) -> Result<Hub, StoreError> {
+        let shared = Arc::new(Shared {
+            all: Arc::new(all::AllTasks::new(
+                config.all_history_len,
+                config.channel_capacity,
+            )),
+            tasks: RwLock::new(HashMap::new()),
+            stats: Arc::new(Stats::default()),
+            runtime: tokio::runtime::Handle::current(),
+            store,
+            config,
+        });
+        let hub = Hub { shared };
+        let mut stored = hub.shared.store.load()?;
+        stored.sort_by_key(|t| t.events.last().map(Event::created_at_ms));
+        for task in stored {
+            hub.restore(task.events);
+        }
+        Ok(hub)
+    }
+
+    fn restore(&self, events: Vec<Event>) {
+        let Some(last) = events.last().cloned() else {
+            return;
+        };
+        let snapshot = match Snapshot::from_json(last.json()) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::warn!(task_id = %last.task_id(), %error, "skipping unreadable stored task");
+                return;
+            }
+        };
+        let interrupted = !snapshot.status.is_terminal() && snapshot.job.is_some();
+        let cell = Arc::new(TaskCell::new(
+            snapshot,
+            last,
+            events.into(),
+            self.shared.config.channel_capacity,
+        ));
+        {
+            let st = cell.lock();
+            self.shared.all.publish(&st.published);
+        }
+        self.write_map().insert(cell.lock().working.task_id.clone(), cell.clone());
+        if interrupted {
+            let mut st = cell.lock();
+            st.working.seq = st.published.seq() + 1;
+            st.working.finish(
+                Outcome::Failed {
+                    error: INTERRUPTED_BY_RESTART.to_string(),
+                },
+                time::now_ms(),
+            );
+            self.shared.publish(&mut st);
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Creates a task and publishes its first change (seq 1, `pending`).
+    pub fn create(&self, new: NewTask) -> Result<Event, HubError> {
+        let id = new.id.unwrap_or_else(TaskId::generate);
+        let mut tasks = self.write_map();
+        if tasks.contains_key(&id) {
+            return Err(HubError::AlreadyExists);
+        }
+        let mut snapshot = Snapshot::new(id.clone(), new.name, new.total, time::now_ms());
+        snapshot.seq = 1;
+        snapshot.job = new.job;
+        let event = Event::encode(&snapshot);
+        let cell = Arc::new(TaskCell::new(
+            snapshot,
+            event.clone(),
+            VecDeque::new(),
+            self.shared.config.channel_capacity,
+        ));
+        tasks.insert(id, cell.clone());
+        drop(tasks);
+        let _st = cell.lock();
+        self.shared.after_publish(&event);
+        Ok(event)
+    }
+
+    /// Applies a progress report and returns the task's state including it, as JSON. The
+    /// change is published now or, if the task published moments ago, when the coalescing
+    /// window closes.
+    pub fn progress(&self, id: &TaskId, update: ProgressUpdate) -> Result<Bytes, HubError> {
+        let cell = self.cell(id)?;
+        let mut st = cell.lock();
+        if st.working.status.is_terminal() {
+            return Err(HubError::Finished(st.working.status));
+        }
+        let before = st.working.status;
+        let TaskState { working, rate, .. } = &mut *st;
+        working.apply_progress(update, rate, time::now_ms())?;
+        if st.dirty {
+            self.shared
+                .stats
+                .updates_coalesced
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            st.working.seq = st.published.seq() + 1;
+            st.dirty = true;
+        }
+        let window = self.shared.config.coalesce;
+        let now = Instant::now();
+        let due = st.last_publish + window;
+        if st.working.status != before || window.is_zero() || now >= due {
+            return Ok(self.shared.publish(&mut st).json().clone());
+        }
+        if !st.flush_scheduled {
+            st.flush_scheduled = true;
+            let (shared, cell) = (Arc::clone(&self.shared), Arc::clone(&cell));
+            self.shared.runtime.spawn(async move {
+                tokio::time::sleep_until(due.into()).await;
+                let mut st = cell.lock();
+                st.flush_scheduled = false;
+                if st.dirty {
+                    shared.publish(&mut st);
+                }
+            });
+        }
+        Ok(Bytes::from(st.working.to_json(EventKind::Progress)))
+    }
+
+    /// Ends a task, publishes its terminal event at once and returns once the store has
+    /// it, so an acknowledged ending survives a crash.
+    pub async fn finish(&self, id: &TaskId, outcome: Outcome) -> Result<Event, HubError> {
+        let event = {
+            let cell = self.cell(id)?;
+            let mut st = cell.lock();
+            if st.working.status.is_terminal() {
+                return Err(HubError::Finished(st.working.status));
+            }
+            if !st.dirty {
+                st.working.seq = st.published.seq() + 1;
+            }
+            st.working.finish(outcome, time::now_ms());
+            self.shared.publish(&mut st)
+        };
+        self.shared.store.flush().await?;
+        Ok(event)
+    }
+
+    /// The newest published change of a task.
+    pub fn get(&self, id: &TaskId) -> Option<Event> {
+        Some(self.read_map().get(id)?.published())
+    }
+
+    /// Published snapshots, newest task first.
+    pub fn list(&self, status: Option<Status>, limit: usize) -> Vec<Event> {
+        let cells: Vec<TaskRef> = self.read_map().values().cloned().collect();
+        let mut events: Vec<Event> = cells
+            .iter()
+            .map(|c| c.published())
+            .filter(|e| status.is_none_or(|s| s == e.status()))
+            .collect();
+        events.sort_unstable_by(|a, b| {
+            (b.created_at_ms(), b.task_id()).cmp(&(a.created_at_ms(), a.task_id()))
+        });
+        events.truncate(limit);
+        events
+    }
+
+    /// Follows one task from just after `last_event_id` (or from its current snapshot).
+    /// `Ok(None)`: the client already has the terminal event.
+    pub fn subscribe(
+        &self,
+        id: &TaskId,
+        last_event_id: Option<u64>,
+    ) -> Result<Option<Subscription>, HubError> {
+        let cell = self.cell(id)?;
+        let start = cell.lock().start_point(last_event_id);
+        match start {
+            StartPoint::AlreadyFinished => Ok(None),
+            StartPoint::From {
+                backlog,
+                rx,
+                last_seq,
+            } => {
+                if last_seq > 0 {
+                    self.shared.stats.replays.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some(Subscription::new(
+                    cell,
+                    backlog,
+                    rx,
+                    last_seq,
+                    self.shared.stats.clone(),
+                )))
+            }
+        }
+    }
+
+    /// The task's newest change as soon as its seq exceeds `since`, or its current state
+    /// when `wait` runs out (long poll).
+    pub async fn wait_for_change(
+        &self,
+        id: &TaskId,
+        since: u64,
+        wait: Duration,
+    ) -> Result<Event, HubError> {
+        let cell = self.cell(id)?;
+        let mut rx = {
+            let st = cell.lock();
+            match &st.tx {
+                Some(tx) if st.published.seq() <= since => tx.subscribe(),
+                _ => return Ok(st.published.clone()),
+            }
+        };
+        // Any outcome (a change, a lag, the end of the task, the timeout) means: answer
+        // with what is current now.
+        let _ = tokio::time::timeout(wait, rx.recv()).await;
+        Ok(cell.published())
+    }
+
+    /// Follows every task (see [`all`]).
+    pub fn subscribe_all(&self, last_event_id: Option<u64>) -> AllSubscription {
+        self.shared
+            .all
+            .subscribe(last_event_id, self.shared.stats.clone())
+    }
+
+    /// Publishes every change still waiting for its coalescing window (on shutdown).
+    pub fn flush_pending(&self) {
+        let cells: Vec<TaskRef> = self.read_map().values().cloned().collect();
+        for cell in cells {
+            let mut st = cell.lock();
+            if st.dirty {
+                self.shared.publish(&mut st);
+            }
+        }
+    }
+
+    /// Forgets tasks entirely (retention), in memory and in the store.
+    pub fn remove(&self, ids: &[TaskId]) {
+        let mut tasks = self.write_map();
+        for id in ids {
+            tasks.remove(id);
+            self.shared.all.forget(id);
+        }
+        drop(tasks);
+        self.shared.store.remove(ids);
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.read_map().len()
+    }
+
+    fn cell(&self, id: &TaskId) -> Result<TaskRef, HubError> {
+        self.read_map().get(id).cloned().ok_or(HubError::NotFound)
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TaskId, TaskRef>> {
+        self.shared.tasks.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TaskId, TaskRef>> {
+        self.shared.tasks.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Shared {
+    /// Publishes the task's working state. Called with the task's lock held.
+    fn publish(&self, st: &mut TaskState) -> Event {
+        let event = st.publish(self.config.history_len);
+        self.after_publish(&event);
+        event
+    }
+
+    fn after_publish(&self, event: &Event) {
+        self.stats.events_published.fetch_add(1, Ordering::Relaxed);
+        self.all.publish(event);
+        self.store.record(event);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! progress-hub: a real-time task-progress server.
+//!
+//! [`Application::build`] binds the listener and loads the store; [`Application::run_until_stopped`]
+//! serves until the given future resolves, then shuts down gracefully. `main.rs` only parses
+//! the configuration and calls these; the tests do the same with port 0.
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod server;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use api::AppState;
+use config::Config;
+use hub::Hub;
+use store::{MemoryStore, Store, StoreError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "refusing to listen on {0} without an API token: set --api-token (PROGRESS_HUB_API_TOKEN), \
+         or pass --allow-unauthenticated (PROGRESS_HUB_ALLOW_UNAUTHENTICATED=true) to allow it deliberately"
+    )]
+    Unauthenticated(SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+/// Pending connections the kernel may queue while the accept loop catches up.
+const LISTEN_BACKLOG: u32 = 4096;
+
+impl Application {
+    /// Binds the listener and opens the store the configuration names.
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.history as usize));
+        Self::build_with_store(config, store).await
+    }
+
+    /// Like [`Application::build`] with a given store (tests restart on the same one).
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Application, StartError> {
+        if !config.listen.ip().is_loopback()
+            && config.api_token.is_none()
+            && !config.allow_unauthenticated
+        {
+            return Err(StartError::Unauthenticated(config.listen));
+        }
+        let listener = bind(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let hub = Hub::new(config.hub(), store)?;
+        let state = AppState {
+            hub,
+            config: Arc::new(config),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        Ok(Application {
+            listener,
+            local_addr,
+            state,
+        })
+    }
+
+    /// The address actually bound (the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.state.hub
+    }
+
+    /// Serves until `stop` resolves, then: streams end, connections drain within the
+    /// grace period, coalesced changes are published and the store is flushed.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) {
+        let state = self.state;
+        let shutdown = state.shutdown.clone();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            stop.await;
+            tracing::info!("shutting down");
+            trigger.cancel();
+        });
+        let router = api::router(state.clone());
+        let options = server::ServeOptions {
+            header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
+            grace: state.config.shutdown_grace(),
+        };
+        server::serve(
+            self.listener,
+            router,
+            shutdown,
+            state.tracker.clone(),
+            options,
+        )
+        .await;
+        state.hub.flush_pending();
+        if let Err(error) = state.hub.store().flush().await {
+            tracing::error!(%error, "final store flush failed");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}

@@ -1,0 +1,100 @@
+//! The accept loop. axum's `serve` sets no header read timeout, so connections are driven
+//! by hyper's HTTP/1 builder directly: headers must arrive within the configured time,
+//! `TCP_NODELAY` is on (events are small and latency matters), and shutdown is graceful:
+//! stop accepting, let every connection finish its response (streams end themselves on
+//! the same signal), then give up on stragglers after the grace period.
+
+use std::io;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct ServeOptions {
+    pub header_timeout: Duration,
+    /// How long shutdown waits for open connections and upgraded sockets.
+    pub grace: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains. Upgraded
+/// sockets register in `upgraded`, which is waited for too.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    upgraded: TaskTracker,
+    options: ServeOptions,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .keep_alive(true);
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    backoff_on_accept_error(error).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        let grace = options.grace;
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(grace, connection.as_mut()).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    upgraded.close();
+    let drained = tokio::time::timeout(options.grace, async {
+        connections.wait().await;
+        upgraded.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len() + upgraded.len(),
+            "grace period over; closing remaining connections"
+        );
+    }
+}
+
+/// Errors of one connection (reset before accept) are the client's; running out of file
+/// descriptors is ours, and retrying at once would spin, so wait a little.
+async fn backoff_on_accept_error(error: io::Error) {
+    match error.kind() {
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::Interrupted => {}
+        _ => {
+            tracing::warn!(%error, "accept failed; backing off");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Persistence behind one small trait. The hub keeps every live task in memory and tells
+//! the store about each published event; the store makes them outlive the process (or,
+//! for [`MemoryStore`], only the hub instance).
+//!
+//! The store sees events, not snapshots: an event's JSON is the full snapshot, so storing
+//! it keeps the encode-once rule all the way to disk.
+
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use memory::MemoryStore;
+
+use crate::hub::{Event, TaskId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A task as the store returns it on start: its newest events, oldest first. The last one
+/// is the task's current snapshot.
+#[derive(Debug, Clone)]
+pub struct StoredTask {
+    pub events: Vec<Event>,
+}
+
+pub type FlushFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+
+    /// Every task the store holds, to start the hub from.
+    fn load(&self) -> Result<Vec<StoredTask>, StoreError>;
+
+    /// Records a published event. Called on the publish path with the task's lock held,
+    /// so it must not block: a durable store queues the write.
+    fn record(&self, event: &Event);
+
+    /// Forgets tasks (retention).
+    fn remove(&self, task_ids: &[TaskId]);
+
+    /// Resolves once everything recorded so far is durable.
+    fn flush(&self) -> FlushFuture;
+}
