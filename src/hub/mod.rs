@@ -156,7 +156,8 @@ impl Hub {
             let st = cell.lock();
             self.shared.all.publish(&st.published);
         }
-        self.write_map().insert(cell.lock().working.task_id.clone(), cell.clone());
+        self.write_map()
+            .insert(cell.lock().working.task_id.clone(), cell.clone());
         if interrupted {
             let mut st = cell.lock();
             st.working.seq = st.published.seq() + 1;

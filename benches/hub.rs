@@ -1,0 +1,112 @@
+//! Micro-benchmarks of the hot path, without HTTP: publishing a progress update through the
+//! hub with 0, 1 and 1,000 subscribers waiting, and encoding one snapshot into an event.
+//!
+//! "Publish" here means `Hub::progress` plus every subscriber task having received the
+//! event: with subscribers parked in `Subscription::next`, the send wakes each of them, and
+//! that wakeup and delivery is the part that grows with the audience.
+//!
+//! Run: `cargo bench --bench hub`.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use progress_hub::hub::{Event, Hub, HubConfig, NewTask, ProgressUpdate, Snapshot, TaskId};
+use progress_hub::store::MemoryStore;
+use serde_json::json;
+use tokio::sync::Notify;
+
+fn update(n: u64) -> ProgressUpdate {
+    ProgressUpdate {
+        processed: Some(n),
+        current_file: Some("reports/2024/quarterly-summary.pdf".to_string()),
+        detail: Some(json!({"t": 1_700_000_000_000_000_000u64 + n})),
+        ..Default::default()
+    }
+}
+
+fn publish(c: &mut Criterion) {
+    let mut group = c.benchmark_group("publish");
+    for subscribers in [0usize, 1, 1000] {
+        group.bench_with_input(
+            BenchmarkId::from_parameter(subscribers),
+            &subscribers,
+            |b, &subscribers| {
+                // One thread, as a loaded server's worker would run the subscriber tasks.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("runtime");
+                let config = HubConfig {
+                    coalesce: Duration::ZERO,
+                    ..HubConfig::default()
+                };
+                let (hub, id) = runtime.block_on(async {
+                    let hub = Hub::new(config, Arc::new(MemoryStore::new(128))).expect("hub");
+                    let id = TaskId::parse("bench").expect("id");
+                    hub.create(NewTask {
+                        id: Some(id.clone()),
+                        total: u64::MAX,
+                        ..NewTask::default()
+                    })
+                    .expect("create");
+                    (hub, id)
+                });
+                let received = Arc::new(AtomicUsize::new(0));
+                let all_received = Arc::new(Notify::new());
+                runtime.block_on(async {
+                    for _ in 0..subscribers {
+                        let mut subscription =
+                            hub.subscribe(&id, None).expect("task").expect("running");
+                        // Skip the snapshot a new subscriber starts with.
+                        subscription.next().await;
+                        let (received, all_received) = (received.clone(), all_received.clone());
+                        tokio::spawn(async move {
+                            while let Some(event) = subscription.next().await {
+                                black_box(event.sse_frame());
+                                if received.fetch_add(1, Ordering::Relaxed) + 1 == subscribers {
+                                    all_received.notify_one();
+                                }
+                            }
+                        });
+                    }
+                    // Let every subscriber park on its channel.
+                    tokio::task::yield_now().await;
+                });
+                let mut n = 0;
+                b.iter_custom(|iterations| {
+                    runtime.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iterations {
+                            n += 1;
+                            received.store(0, Ordering::Relaxed);
+                            black_box(hub.progress(&id, update(n)).expect("progress"));
+                            if subscribers > 0 {
+                                all_received.notified().await;
+                            }
+                        }
+                        start.elapsed()
+                    })
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut snapshot = Snapshot::new(TaskId::parse("bench").expect("id"), None, 20_000, 0);
+    snapshot.seq = 42;
+    snapshot.processed = 9_000;
+    snapshot.progress = 45;
+    snapshot.current_file = "reports/2024/quarterly-summary.pdf".to_string();
+    snapshot.detail = Some(json!({"t": 1_700_000_000_000_000_000u64, "stage": "extract"}));
+    snapshot.rate_per_second = Some(812.5);
+    snapshot.eta_seconds = Some(14);
+    c.bench_function("encode", |b| b.iter(|| Event::encode(black_box(&snapshot))));
+}
+
+criterion_group!(benches, publish, encode);
+criterion_main!(benches);

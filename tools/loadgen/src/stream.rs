@@ -1,0 +1,259 @@
+//! Reading an event stream cheaply: an HTTP/1.1 response body (chunked or not) split into
+//! SSE lines, and the one thing this tool wants from each event, the publish time `"t":`
+//! the publisher put in it.
+//!
+//! A load tool that parses JSON and builds strings per event would cost more CPU than the
+//! server it measures, so this only scans bytes: no allocation per event, a partial line is
+//! the only thing kept between reads.
+
+/// What one event told us.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A published event carrying its publish time in nanoseconds since the Unix epoch.
+    Timed(u64),
+    /// The terminal event: nothing more will come.
+    Final,
+    /// Anything else (the current snapshot on connect, a keep-alive, another field).
+    Other,
+}
+
+/// Looks at one event's payload (an SSE `data` line or a WebSocket text frame).
+pub fn classify(data: &[u8]) -> Seen {
+    if contains(data, br#""event":"completed""#) || contains(data, br#""final":true"#) {
+        return Seen::Final;
+    }
+    match find(data, br#""t":"#) {
+        Some(at) => {
+            let digits = &data[at + 4..];
+            let mut value: u64 = 0;
+            let mut any = false;
+            for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
+                value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+                any = true;
+            }
+            if any {
+                Seen::Timed(value)
+            } else {
+                Seen::Other
+            }
+        }
+        None => Seen::Other,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = needle[0];
+    let mut from = 0;
+    while let Some(pos) = haystack[from..].iter().position(|&b| b == first) {
+        let at = from + pos;
+        if haystack[at..].starts_with(needle) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Where the chunked-encoding decoder is.
+#[derive(Clone, Copy, Debug)]
+enum Chunk {
+    /// Reading a chunk-size line; `ext` once a `;` extension started.
+    Size { acc: usize, ext: bool },
+    /// Inside a chunk, with this many bytes left.
+    Data(usize),
+    /// After a chunk's data, skipping its CRLF.
+    DataEnd,
+    /// The zero-size chunk came: the body is over.
+    Done,
+}
+
+/// Turns raw body bytes into SSE lines. Holds only a partial line between reads.
+pub struct SseBody {
+    chunk: Option<Chunk>,
+    partial: Vec<u8>,
+}
+
+impl SseBody {
+    /// `chunked`: the response said `Transfer-Encoding: chunked`.
+    pub fn new(chunked: bool) -> Self {
+        SseBody {
+            chunk: chunked.then_some(Chunk::Size { acc: 0, ext: false }),
+            partial: Vec::new(),
+        }
+    }
+
+    /// True once a chunked body has ended.
+    pub fn ended(&self) -> bool {
+        matches!(self.chunk, Some(Chunk::Done))
+    }
+
+    /// Feeds raw bytes; calls `on_data` with the payload of every complete `data:` line.
+    pub fn feed(&mut self, mut raw: &[u8], on_data: &mut impl FnMut(&[u8])) {
+        let Some(mut state) = self.chunk else {
+            self.lines(raw, on_data);
+            return;
+        };
+        while !raw.is_empty() {
+            match state {
+                Chunk::Size { acc, ext } => {
+                    let b = raw[0];
+                    raw = &raw[1..];
+                    state = match b {
+                        b'\n' if acc == 0 => Chunk::Done,
+                        b'\n' => Chunk::Data(acc),
+                        b';' => Chunk::Size { acc, ext: true },
+                        _ if ext => Chunk::Size { acc, ext },
+                        _ => match (b as char).to_digit(16) {
+                            Some(d) => Chunk::Size {
+                                acc: acc * 16 + d as usize,
+                                ext,
+                            },
+                            None => Chunk::Size { acc, ext },
+                        },
+                    };
+                }
+                Chunk::Data(left) => {
+                    let take = left.min(raw.len());
+                    self.lines(&raw[..take], on_data);
+                    raw = &raw[take..];
+                    state = if take == left {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - take)
+                    };
+                }
+                Chunk::DataEnd => {
+                    if raw[0] == b'\n' {
+                        state = Chunk::Size { acc: 0, ext: false };
+                    }
+                    raw = &raw[1..];
+                }
+                Chunk::Done => break,
+            }
+        }
+        self.chunk = Some(state);
+    }
+
+    fn lines(&mut self, mut bytes: &[u8], on_data: &mut impl FnMut(&[u8])) {
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                data_line(&bytes[..end], on_data);
+            } else {
+                self.partial.extend_from_slice(&bytes[..end]);
+                let line = std::mem::take(&mut self.partial);
+                data_line(&line, on_data);
+                // Keep the allocation for the next partial line.
+                self.partial = line;
+                self.partial.clear();
+            }
+            bytes = &bytes[end + 1..];
+        }
+        self.partial.extend_from_slice(bytes);
+    }
+}
+
+fn data_line(line: &[u8], on_data: &mut impl FnMut(&[u8])) {
+    if let Some(data) = line.strip_prefix(b"data:") {
+        on_data(data);
+    }
+}
+
+/// The parts of an HTTP/1.1 response head this tool needs.
+#[derive(Debug)]
+pub struct Head {
+    pub status: u16,
+    pub chunked: bool,
+    pub content_length: Option<usize>,
+    /// Bytes of the head, including the blank line.
+    pub len: usize,
+}
+
+/// Parses a response head if `buf` holds all of it.
+pub fn parse_head(buf: &[u8]) -> Option<Head> {
+    let end = find(buf, b"\r\n\r\n")? + 4;
+    let text = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut chunked = false;
+    let mut content_length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            content_length = value.parse().ok();
+        }
+    }
+    Some(Head {
+        status,
+        chunked,
+        content_length,
+        len: end,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(body: &mut SseBody, parts: &[&[u8]]) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        for part in parts {
+            body.feed(part, &mut |d| seen.push(classify(d)));
+        }
+        seen
+    }
+
+    #[test]
+    fn chunked_frames_split_anywhere_are_decoded() {
+        let frame = b"id: 2\nevent: progress\ndata: {\"detail\":{\"t\":123}}\n\n";
+        let mut wire = format!("{:x}\r\n", frame.len()).into_bytes();
+        wire.extend_from_slice(frame);
+        wire.extend_from_slice(b"\r\n");
+        let done = b"data: {\"event\":\"completed\",\"detail\":{\"t\":9}}\n\n";
+        wire.extend_from_slice(format!("{:x}\r\n", done.len()).as_bytes());
+        wire.extend_from_slice(done);
+        wire.extend_from_slice(b"\r\n0\r\n\r\n");
+        for split in 1..wire.len() {
+            let mut body = SseBody::new(true);
+            let seen = collect(&mut body, &[&wire[..split], &wire[split..]]);
+            assert_eq!(
+                seen,
+                vec![Seen::Timed(123), Seen::Final],
+                "split at {split}"
+            );
+            assert!(body.ended());
+        }
+    }
+
+    #[test]
+    fn plain_body_and_other_lines() {
+        let mut body = SseBody::new(false);
+        let seen = collect(
+            &mut body,
+            &[
+                b"retry: 2000\n\n: keep-alive\n\ndata: {\"t\":7,\"fin",
+                b"al\":true}\ndata: x\n",
+            ],
+        );
+        assert_eq!(seen, vec![Seen::Final, Seen::Other]);
+    }
+
+    #[test]
+    fn head_is_parsed_once_complete() {
+        let raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n";
+        assert!(parse_head(&raw[..20]).is_none());
+        let head = parse_head(raw).unwrap();
+        assert_eq!(
+            (head.status, head.chunked, head.len),
+            (200, true, raw.len() - 3)
+        );
+    }
+}
