@@ -251,11 +251,9 @@ async fn drive(args: Args) -> std::io::Result<Value> {
     let [p50, p99, p999, max] = percentiles_ms(&latency);
     let [ack50, ack99, _, ack_max] = percentiles_ms(&acks);
     let per_conn = |kib: u64| {
-        if connected == 0 {
-            0
-        } else {
-            kib.saturating_sub(rss_base) * 1024 / connected
-        }
+        (kib.saturating_sub(rss_base) * 1024)
+            .checked_div(connected)
+            .unwrap_or(0)
     };
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
 

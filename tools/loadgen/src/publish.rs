@@ -96,7 +96,7 @@ impl Publisher {
             ),
             Target::Nchan => (
                 format!("/pub?id={}", self.channel),
-                format!(r#"{{"t":{t_ns},"final":true}}"#),
+                format!(r#"{{"final":true,"t":{t_ns}}}"#),
             ),
         };
         self.request(&path, &body).await
@@ -111,13 +111,21 @@ impl Publisher {
         let mut request = head.into_bytes();
         request.extend_from_slice(body.as_bytes());
         self.stream.write_all(&request).await?;
-        tokio::time::timeout(Duration::from_secs(30), self.response())
+        let (status, close) = tokio::time::timeout(Duration::from_secs(30), self.response())
             .await
-            .map_err(|_| std::io::Error::other("no answer to a publish within 30 s"))?
+            .map_err(|_| std::io::Error::other("no answer to a publish within 30 s"))??;
+        if close {
+            // nginx ends a keep-alive connection after `keepalive_requests`: reconnect, so
+            // the next publish does not pay for it.
+            self.stream = TcpStream::connect(&self.host).await?;
+            self.stream.set_nodelay(true)?;
+        }
+        Ok(status)
     }
 
-    /// Reads one whole response (Content-Length or chunked) and returns its status.
-    async fn response(&mut self) -> std::io::Result<u16> {
+    /// Reads one whole response (Content-Length or chunked); returns its status and
+    /// whether the server closes the connection after it.
+    async fn response(&mut self) -> std::io::Result<(u16, bool)> {
         self.buf.clear();
         let head = loop {
             if let Some(head) = parse_head(&self.buf) {
@@ -134,7 +142,7 @@ impl Publisher {
                 self.read_more().await?;
             }
         }
-        Ok(head.status)
+        Ok((head.status, head.close))
     }
 
     async fn read_more(&mut self) -> std::io::Result<()> {

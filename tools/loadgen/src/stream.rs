@@ -17,45 +17,33 @@ pub enum Seen {
     Other,
 }
 
-/// Looks at one event's payload (an SSE `data` line or a WebSocket text frame).
+/// Looks at one event's payload (an SSE `data` line or a WebSocket text frame). One pass
+/// over the quotes up to the first key that decides: progress-hub's `"event":"completed"`
+/// comes before `detail`, and the final Nchan body starts with `"final":true`, so the
+/// padding after `"t":` is never scanned.
 pub fn classify(data: &[u8]) -> Seen {
-    if contains(data, br#""event":"completed""#) || contains(data, br#""final":true"#) {
-        return Seen::Final;
-    }
-    match find(data, br#""t":"#) {
-        Some(at) => {
-            let digits = &data[at + 4..];
+    let mut from = 0;
+    while let Some(pos) = data[from..].iter().position(|&b| b == b'"') {
+        let rest = &data[from + pos..];
+        if let Some(digits) = rest.strip_prefix(br#""t":"#) {
             let mut value: u64 = 0;
             let mut any = false;
             for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
                 value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
                 any = true;
             }
-            if any {
-                Seen::Timed(value)
-            } else {
-                Seen::Other
-            }
+            return if any { Seen::Timed(value) } else { Seen::Other };
         }
-        None => Seen::Other,
+        if rest.starts_with(br#""event":"completed""#) || rest.starts_with(br#""final":true"#) {
+            return Seen::Final;
+        }
+        from += pos + 1;
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
+    Seen::Other
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = needle[0];
-    let mut from = 0;
-    while let Some(pos) = haystack[from..].iter().position(|&b| b == first) {
-        let at = from + pos;
-        if haystack[at..].starts_with(needle) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Where the chunked-encoding decoder is.
@@ -168,6 +156,8 @@ pub struct Head {
     pub status: u16,
     pub chunked: bool,
     pub content_length: Option<usize>,
+    /// `Connection: close`: the server ends the connection after this response.
+    pub close: bool,
     /// Bytes of the head, including the blank line.
     pub len: usize,
 }
@@ -180,6 +170,7 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let mut chunked = false;
     let mut content_length = None;
+    let mut close = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -189,12 +180,15 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
             chunked = value.eq_ignore_ascii_case("chunked");
         } else if name.eq_ignore_ascii_case("content-length") {
             content_length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
         }
     }
     Some(Head {
         status,
         chunked,
         content_length,
+        close,
         len: end,
     })
 }
@@ -239,11 +233,11 @@ mod tests {
         let seen = collect(
             &mut body,
             &[
-                b"retry: 2000\n\n: keep-alive\n\ndata: {\"t\":7,\"fin",
-                b"al\":true}\ndata: x\n",
+                b"retry: 2000\n\n: keep-alive\n\ndata: {\"fin",
+                b"al\":true,\"t\":7}\ndata: {\"t\":8,\"pad\":\"\\\"final\\\":true\"}\ndata: x\n",
             ],
         );
-        assert_eq!(seen, vec![Seen::Final, Seen::Other]);
+        assert_eq!(seen, vec![Seen::Final, Seen::Timed(8), Seen::Other]);
     }
 
     #[test]

@@ -1,0 +1,93 @@
+"""Renders bench/compare.sh results (one JSON file per scenario and server) as one
+Markdown table: Nchan, progress-hub with coalescing off, their ratio, and progress-hub
+with the default 50 ms window. Usage: python3 bench/table.py RESULTS_DIR"""
+
+import json
+import pathlib
+import sys
+
+ORDER = [
+    "sse-1k-10", "sse-1k-100", "sse-10k-10", "sse-10k-100", "sse-10k-max",
+    "ws-10k-100", "sse-1k-max", "stall-1k-max", "idle", "poll",
+]
+# (key, label, better): better is "up" when a larger number is better.
+FANOUT = [
+    ("connected", "subscribers connected", "up"),
+    ("delivered_per_sec", "events delivered/s", "up"),
+    ("lat_p50_ms", "deliver latency p50 ms", "down"),
+    ("lat_p99_ms", "deliver latency p99 ms", "down"),
+    ("lat_p999_ms", "deliver latency p99.9 ms", "down"),
+    ("publish_rate", "publishes/s", "up"),
+    ("ack_p99_ms", "publish ack p99 ms", "down"),
+    ("missed_final", "missed the final event", "down"),
+    ("server_cpu_secs", "server CPU s", "down"),
+    ("tool_cpu_secs", "load tool CPU s", "down"),
+]
+IDLE = [
+    ("connected", "idle subscribers held", "up"),
+    ("failed", "connections failed", "down"),
+    ("rss_per_conn_bytes", "server RSS per subscriber, bytes", "down"),
+    ("connect_secs", "time to connect all, s", "down"),
+]
+POLL = [
+    ("rps", "requests/s (wrk -c 64)", "up"),
+    ("p99", "latency p99", "down"),
+    ("non2xx", "non-2xx answers", "down"),
+]
+
+
+def fmt(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def number(value):
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if value.endswith(unit):
+                try:
+                    return float(value[: -len(unit)]) * scale
+                except ValueError:
+                    return None
+    return None
+
+
+def ratio(hub, nchan):
+    h, n = number(hub), number(nchan)
+    if h is None or n is None or n == 0:
+        return "-"
+    return f"{h / n:.2f}"
+
+
+def main(directory):
+    results = {}
+    for path in pathlib.Path(directory).glob("*.json"):
+        scenario, target = path.stem.rsplit(".", 1)
+        try:
+            results[(scenario, target)] = json.loads(path.read_text() or "{}")
+        except json.JSONDecodeError:
+            results[(scenario, target)] = {}
+    print("| scenario | metric | Nchan | progress-hub (coalesce 0) | hub / Nchan | progress-hub (coalesce 50 ms) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for scenario in ORDER:
+        if not any(s == scenario for s, _ in results):
+            continue
+        metrics = IDLE if scenario == "idle" else POLL if scenario == "poll" else FANOUT
+        for key, label, better in metrics:
+            cells = [results.get((scenario, t), {}).get(key) for t in ("nchan", "hub0", "hub50")]
+            arrow = "higher is better" if better == "up" else "lower is better"
+            print(
+                f"| {scenario} | {label} ({arrow}) | {fmt(cells[0])} | {fmt(cells[1])} "
+                f"| {ratio(cells[1], cells[0])} | {fmt(cells[2])} |"
+            )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
