@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::error::ApiError;
 use super::extract::{ApiQuery, TaskIdPath};
@@ -85,7 +85,9 @@ impl FrameSource for AllSubscription {
 
 struct StreamState<S> {
     source: S,
-    shutdown: CancellationToken,
+    /// Registered with the token once, not re-created per event: re-registering under the
+    /// token's lock for every event of every stream showed up in the fan-out profile.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     heartbeat: Duration,
     last_write: Instant,
     /// One timer per stream, re-armed only when it fires: events do not touch it.
@@ -97,7 +99,7 @@ fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
     let heartbeat = state.config.heartbeat();
     let st = StreamState {
         source,
-        shutdown: state.shutdown.clone(),
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         heartbeat,
         last_write: Instant::now(),
         timer: Box::pin(tokio::time::sleep(heartbeat)),
@@ -110,7 +112,7 @@ fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
         loop {
             tokio::select! {
                 biased;
-                _ = st.shutdown.cancelled() => return None,
+                _ = st.shutdown.as_mut() => return None,
                 frame = st.source.next_frame() => {
                     st.last_write = Instant::now();
                     return Some((Ok(frame?), st));
