@@ -3,17 +3,27 @@
 //! `TCP_NODELAY` is on (events are small and latency matters), and shutdown is graceful:
 //! stop accepting, let every connection finish its response (streams end themselves on
 //! the same signal), then give up on stragglers after the grace period.
+//!
+//! Event streams leave hyper once their headers are out (see [`handoff`]), so an idle
+//! subscriber costs its socket and its subscription, not a whole HTTP connection.
+
+pub mod handoff;
 
 use std::io;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use axum::http::Request;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 pub struct ServeOptions {
     pub header_timeout: Duration,
@@ -48,24 +58,44 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let handoff = Arc::new(handoff::Connection::default());
+        let socket = handoff::Socket::new(stream, handoff.clone());
+        let service = {
+            let (router, handoff) = (router.clone(), handoff.clone());
+            tower::service_fn(move |request: Request<Incoming>| {
+                let (router, handoff) = (router.clone(), handoff.clone());
+                async move {
+                    let (version, method) = (request.version(), request.method().clone());
+                    let mut response = router.oneshot(request).await?;
+                    handoff.intercept(version, &method, &mut response);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            })
+        };
         let connection = http
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(socket), TowerToHyperService::new(service))
             .with_upgrades();
-        let shutdown = shutdown.clone();
+        let (shutdown, tracker) = (shutdown.clone(), connections.clone());
         let grace = options.grace;
         connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "connection ended with an error");
+            {
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                    }
+                    _ = handoff.head_flushed() => {}
+                    _ = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(grace, connection.as_mut()).await;
                     }
                 }
-                _ = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(grace, connection.as_mut()).await;
-                }
+                // Leaving this block drops hyper's connection state and buffers.
+            }
+            if let Some((socket, frames)) = handoff.take() {
+                tracker.spawn(handoff::write_stream(socket, frames));
             }
         });
     }

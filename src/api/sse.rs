@@ -9,7 +9,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +22,7 @@ use super::error::ApiError;
 use super::extract::{ApiQuery, TaskIdPath};
 use super::AppState;
 use crate::hub::{AllSubscription, Subscription};
+use crate::server::handoff::Handoff;
 
 /// How long EventSource waits before reconnecting after the stream ends.
 const RETRY_MS: u64 = 2000;
@@ -107,7 +107,7 @@ fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
     };
     let frames = stream::unfold(st, |mut st| async move {
         if let Some(prelude) = st.prelude.take() {
-            return Some((Ok::<_, std::convert::Infallible>(prelude), st));
+            return Some((prelude, st));
         }
         loop {
             tokio::select! {
@@ -115,7 +115,7 @@ fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
                 _ = st.shutdown.as_mut() => return None,
                 frame = st.source.next_frame() => {
                     st.last_write = Instant::now();
-                    return Some((Ok(frame?), st));
+                    return Some((frame?, st));
                 }
                 _ = st.timer.as_mut() => {
                     let due = st.last_write + st.heartbeat;
@@ -123,14 +123,16 @@ fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
                     if now >= due {
                         st.last_write = now;
                         st.timer.as_mut().reset(now + st.heartbeat);
-                        return Some((Ok(Bytes::from_static(KEEP_ALIVE)), st));
+                        return Some((Bytes::from_static(KEEP_ALIVE), st));
                     }
                     st.timer.as_mut().reset(due);
                 }
             }
         }
     });
-    (
+    // The server may take the stream over from hyper once the headers are out.
+    let (handoff, body) = Handoff::new(Box::pin(frames));
+    let mut response = (
         [
             (
                 header::CONTENT_TYPE,
@@ -142,7 +144,9 @@ fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
                 HeaderValue::from_static("no"),
             ),
         ],
-        Body::from_stream(frames),
+        body,
     )
-        .into_response()
+        .into_response();
+    response.extensions_mut().insert(handoff);
+    response
 }

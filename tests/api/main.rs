@@ -1,1 +1,3 @@
+//! Black-box tests against a server started on port 0.
 
+mod stream_handoff;

@@ -1,0 +1,297 @@
+//! Handing a long-lived event stream from hyper to a small writer task of its own.
+//!
+//! hyper keeps its connection state and two 8 KiB buffers (one to read, one for response
+//! heads) for as long as a connection lives. For an SSE stream that stays open for hours
+//! that is most of its memory (profiled: ~12.5 KB of RSS per idle subscriber), while the
+//! stream itself needs only its socket and its frame source. So an SSE response to an
+//! HTTP/1.1 `GET` is handed off: hyper writes the status line and headers as usual (every
+//! middleware still applies to them), and once they are flushed the connection task drops
+//! hyper's state and [`write_stream`] carries on with the same chunked encoding on the bare
+//! socket. The response says `Connection: close`, as the socket ends with the stream.
+//!
+//! Anything else takes the ordinary path, with the same bytes on the wire: tests that drive
+//! the router without a socket, HTTP/1.0 or `HEAD` requests stream the body through hyper.
+
+use std::convert::Infallible;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, Response, Version};
+use bytes::Bytes;
+use futures_util::stream::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Ready-to-send frames of one stream, ending when the stream should end.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+
+/// Rides in a streaming response's extensions; the response body holds the same frames
+/// and streams them itself unless the server took them first.
+#[derive(Clone)]
+pub struct Handoff(Arc<Mutex<Option<FrameStream>>>);
+
+impl Handoff {
+    /// A response body for `frames` and the hand-off that lets the server take them over.
+    pub fn new(frames: FrameStream) -> (Handoff, Body) {
+        let handoff = Handoff(Arc::new(Mutex::new(Some(frames))));
+        let body = Body::from_stream(Fallback {
+            handoff: handoff.clone(),
+            frames: None,
+        });
+        (handoff, body)
+    }
+
+    fn take(&self) -> Option<FrameStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The body when nobody took the frames over: streams them through hyper.
+struct Fallback {
+    handoff: Handoff,
+    frames: Option<FrameStream>,
+}
+
+impl Stream for Fallback {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.frames.is_none() {
+            self.frames = self.handoff.take();
+        }
+        match self.frames.as_mut() {
+            Some(frames) => frames.poll_next_unpin(cx).map(|frame| frame.map(Ok)),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// One connection's side of the hand-off, shared by its socket wrapper, its service and
+/// its task.
+#[derive(Default)]
+pub struct Connection {
+    /// Frames taken from the response being written, waiting for its head to be flushed.
+    armed: Mutex<Option<FrameStream>>,
+    /// Signalled once the armed response's head is on the wire.
+    flushed: Notify,
+    /// Where the socket wrapper leaves the socket when hyper drops it after a hand-off.
+    socket: Mutex<Option<TcpStream>>,
+}
+
+impl Connection {
+    /// Called with each response before hyper writes it: takes a handed-off stream's
+    /// frames for this connection and leaves hyper a head and an endless empty body.
+    pub fn intercept(&self, version: Version, method: &Method, response: &mut Response<Body>) {
+        let Some(handoff) = response.extensions_mut().remove::<Handoff>() else {
+            return;
+        };
+        // Chunked encoding, which the writer continues, is what hyper uses for a body of
+        // unknown length on HTTP/1.1; a HEAD answer has no body at all.
+        if version != Version::HTTP_11 || method != Method::GET {
+            return;
+        }
+        let Some(frames) = handoff.take() else {
+            return;
+        };
+        *lock(&self.armed) = Some(frames);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        *response.body_mut() =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, Infallible>>());
+    }
+
+    /// Resolves once a handed-off response's head has been flushed: hyper's part is done.
+    pub async fn head_flushed(&self) {
+        self.flushed.notified().await;
+    }
+
+    /// After hyper's connection was dropped: the socket and the frames to go on with.
+    pub fn take(&self) -> Option<(TcpStream, FrameStream)> {
+        let frames = lock(&self.armed).take()?;
+        let socket = lock(&self.socket).take()?;
+        Some((socket, frames))
+    }
+
+    fn is_armed(&self) -> bool {
+        lock(&self.armed).is_some()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The socket as hyper sees it. Notices when an armed response's head has been flushed,
+/// and on drop after that hands the socket back instead of closing it.
+pub struct Socket {
+    stream: Option<TcpStream>,
+    connection: Arc<Connection>,
+}
+
+impl Socket {
+    pub fn new(stream: TcpStream, connection: Arc<Connection>) -> Socket {
+        Socket {
+            stream: Some(stream),
+            connection,
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        self.stream
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.connection.is_armed() {
+            *lock(&self.connection.socket) = self.stream.take();
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stream()?.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream()?.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper flushes the socket only after writing out everything it buffered, so an
+        // armed response's head is on the wire once this completes.
+        let flushed = self.stream()?.poll_flush(cx);
+        if flushed.is_ready() && self.connection.is_armed() {
+            self.connection.flushed.notify_one();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.connection.is_armed() {
+            // The writer task owns the rest of this socket's life.
+            return Poll::Ready(Ok(()));
+        }
+        self.stream()?.poll_shutdown(cx)
+    }
+}
+
+/// Frames written with one `writev` at most: what a subscriber that fell behind has
+/// queued goes out together, as hyper would have flushed it.
+const MAX_BATCH: usize = 16;
+
+/// Writes a handed-off stream's frames as HTTP/1.1 chunks until it ends (terminal event,
+/// server shutdown) or the client goes away, then ends the body and closes the socket.
+pub async fn write_stream(mut socket: TcpStream, mut frames: FrameStream) {
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        let mut ended = false;
+        tokio::select! {
+            biased;
+            () = next_batch(&mut frames, &mut batch, &mut ended) => {
+                if write_chunks(&mut socket, &batch, ended).await.is_err() || ended {
+                    let _ = socket.shutdown().await;
+                    return;
+                }
+                batch.clear();
+            }
+            // A client of an event stream has nothing more to send: readable means it
+            // closed the connection (or sent junk, which is read and ignored).
+            readable = socket.readable() => {
+                if readable.is_err() || client_closed(&socket) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for at least one frame (or the end), then takes every frame already waiting.
+/// Cancel-safe: frames are moved into `batch` as soon as they are taken.
+async fn next_batch(frames: &mut FrameStream, batch: &mut Vec<Bytes>, ended: &mut bool) {
+    std::future::poll_fn(|cx| {
+        while batch.len() < MAX_BATCH {
+            match frames.poll_next_unpin(cx) {
+                Poll::Ready(Some(frame)) => batch.push(frame),
+                Poll::Ready(None) => {
+                    *ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if batch.is_empty() && !*ended {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await
+}
+
+fn client_closed(socket: &TcpStream) -> bool {
+    let mut scratch = [0u8; 256];
+    match socket.try_read(&mut scratch) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Each frame as one chunk (`<hex length>\r\n<frame>\r\n`), then the last chunk if the
+/// stream `ended`, all in one `writev` when the socket takes it.
+async fn write_chunks(socket: &mut TcpStream, frames: &[Bytes], ended: bool) -> io::Result<()> {
+    let mut size_lines = [[0u8; 20]; MAX_BATCH];
+    let mut parts = Vec::with_capacity(frames.len() * 3 + 1);
+    for (frame, line) in frames.iter().zip(size_lines.iter_mut()) {
+        let mut cursor = &mut line[..];
+        std::io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", frame.len()))?;
+        let len = 20 - cursor.len();
+        parts.push(IoSlice::new(&line[..len]));
+        parts.push(IoSlice::new(frame));
+        parts.push(IoSlice::new(b"\r\n"));
+    }
+    if ended {
+        parts.push(IoSlice::new(b"0\r\n\r\n"));
+    }
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        let written = socket.write_vectored(parts).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, written);
+    }
+    Ok(())
+}
