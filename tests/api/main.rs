@@ -1,0 +1,3 @@
+//! Black-box tests: each starts the real server on a free loopback port and talks HTTP.
+
+mod page;
