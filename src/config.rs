@@ -41,7 +41,11 @@ pub struct Config {
 
     /// Folders the built-in indexer may read (repeatable; the environment variable is
     /// `:`-separated). Defaults to the current directory.
-    #[arg(long = "index-root", env = "PROGRESS_HUB_INDEX_ROOTS", value_delimiter = ':')]
+    #[arg(
+        long = "index-root",
+        env = "PROGRESS_HUB_INDEX_ROOTS",
+        value_delimiter = ':'
+    )]
     pub index_roots: Vec<PathBuf>,
 
     /// Bearer token that producers must send to write. Never logged.

@@ -20,7 +20,9 @@ pub mod time;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 
@@ -156,7 +158,8 @@ impl Hub {
             let st = cell.lock();
             self.shared.all.publish(&st.published);
         }
-        self.write_map().insert(cell.lock().working.task_id.clone(), cell.clone());
+        self.write_map()
+            .insert(cell.lock().working.task_id.clone(), cell.clone());
         if interrupted {
             let mut st = cell.lock();
             st.working.seq = st.published.seq() + 1;
@@ -233,7 +236,7 @@ impl Hub {
             st.flush_scheduled = true;
             let (shared, cell) = (Arc::clone(&self.shared), Arc::clone(&cell));
             self.shared.runtime.spawn(async move {
-                tokio::time::sleep_until(due.into()).await;
+                tokio::time::sleep_until(due).await;
                 let mut st = cell.lock();
                 st.flush_scheduled = false;
                 if st.dirty {
@@ -362,6 +365,14 @@ impl Hub {
         }
         drop(tasks);
         self.shared.store.remove(ids);
+    }
+
+    /// How many live subscribers (streams and long polls) a task has right now.
+    pub fn listeners(&self, id: &TaskId) -> usize {
+        self.cell(id)
+            .ok()
+            .and_then(|cell| Some(cell.lock().tx.as_ref()?.receiver_count()))
+            .unwrap_or(0)
     }
 
     pub fn task_count(&self) -> usize {

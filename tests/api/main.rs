@@ -1,0 +1,10 @@
+//! Black-box tests: a real server on port 0, real HTTP, SSE and WebSocket clients.
+
+mod helpers;
+
+mod binary;
+mod errors;
+mod poll;
+mod shutdown;
+mod sse;
+mod ws;
