@@ -47,4 +47,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Resolves once everything recorded so far is durable.
     fn flush(&self) -> FlushFuture;
+
+    /// Whether the store can take writes right now (for `/readyz`).
+    fn is_healthy(&self) -> bool;
 }
