@@ -38,7 +38,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         // Following a task: poll, long poll, SSE, WebSocket.
         .route("/api/index-progress/{task_id}", get(poll::poll))
-        .route("/api/index-progress/{task_id}/events", get(sse::task_events))
+        .route(
+            "/api/index-progress/{task_id}/events",
+            get(sse::task_events),
+        )
         .route("/api/index-progress/{task_id}/ws", get(ws::task_ws))
         .route("/api/events", get(sse::all_events))
         // Producers and listings.

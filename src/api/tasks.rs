@@ -148,7 +148,8 @@ pub async fn list(
         .min(MAX_LIST_LIMIT);
     let events = state.hub.list(status, limit);
     // The snapshots are already JSON: splice them instead of decoding and re-encoding.
-    let mut body = BytesMut::with_capacity(16 + events.iter().map(|e| e.json().len() + 1).sum::<usize>());
+    let mut body =
+        BytesMut::with_capacity(16 + events.iter().map(|e| e.json().len() + 1).sum::<usize>());
     body.put_slice(b"{\"tasks\":[");
     for (i, event) in events.iter().enumerate() {
         if i > 0 {

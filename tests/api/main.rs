@@ -1,3 +1,12 @@
-//! Black-box tests: each starts the real server on a free loopback port and talks HTTP.
+//! Black-box tests: a real server on port 0, real HTTP, SSE and WebSocket clients.
 
+mod helpers;
+
+mod binary;
+mod durability;
+mod errors;
 mod page;
+mod poll;
+mod shutdown;
+mod sse;
+mod ws;

@@ -1,21 +1,10 @@
 //! The bundled page: served from the binary, whatever the working directory, with the
 //! right content types, a policy that forbids other origins, and ETag revalidation.
-//!
-//! Starts its own server until the shared `spawn_app()` helper lands on main.
 
-use progress_hub::config::Config;
-use progress_hub::Application;
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use reqwest::StatusCode;
 
-async fn spawn_server() -> String {
-    let app = Application::build(Config::for_tests())
-        .await
-        .expect("server starts");
-    let url = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    url
-}
+use crate::helpers::spawn_app;
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
     response
@@ -27,8 +16,9 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn the_page_is_served_with_its_policy_and_revalidates() {
-    let url = spawn_server().await;
-    let client = reqwest::Client::new();
+    let app = spawn_app().await;
+    let url = app.url("");
+    let client = &app.client;
 
     let page = client.get(format!("{url}/?task=abc")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
@@ -67,8 +57,9 @@ async fn the_page_is_served_with_its_policy_and_revalidates() {
 
 #[tokio::test]
 async fn assets_have_their_content_types() {
-    let url = spawn_server().await;
-    let client = reqwest::Client::new();
+    let app = spawn_app().await;
+    let url = app.url("");
+    let client = &app.client;
     for (name, content_type) in [
         ("main.js", "text/javascript; charset=utf-8"),
         ("transport.js", "text/javascript; charset=utf-8"),
@@ -103,8 +94,9 @@ async fn assets_have_their_content_types() {
 
 #[tokio::test]
 async fn only_embedded_files_exist() {
-    let url = spawn_server().await;
-    let client = reqwest::Client::new();
+    let app = spawn_app().await;
+    let url = app.url("");
+    let client = &app.client;
     for path in [
         "/static/nope.js",
         "/static/..%2FCargo.toml",
