@@ -229,7 +229,11 @@ class Follower {
     while (!this.finished) {
       // Uncertain (first request, or right after a failure): ask without waiting, so a
       // server that is back is noticed at once instead of after a full long poll.
-      const waitSecs = first || failures > 0 || this.source.pollPauseMs ? 0 : LONG_POLL_SECS;
+      // While streaming cools down, a long poll ends when the next stream attempt is due.
+      let waitSecs = first || failures > 0 || this.source.pollPauseMs ? 0 : LONG_POLL_SECS;
+      if (waitSecs > 0 && this.canStream) {
+        waitSecs = Math.max(1, Math.min(waitSecs, Math.ceil((this.streamRetryAt - Date.now()) / 1000)));
+      }
       let snapshots;
       try {
         snapshots = await this.source.poll(this.seq, waitSecs, this.abort.signal);

@@ -148,12 +148,61 @@ test('without EventSource the page polls (ETag + long poll) and shows the same',
   assert.deepEqual(problems, []);
 });
 
-test('the page rides out a server restart and shows the final state', {
-  timeout: 90000,
-  // Needs the durable store (issue 5): with the in-memory store the restarted server has
-  // forgotten the task. Remove this once `git merge main` brings the SQLite store.
-  todo: 'needs the durable SQLite store of issue 5 (not on main yet)',
-}, async (t) => {
+test('when the stream keeps failing the page polls, then streams again', { timeout: 90000 }, async (t) => {
+  const { server } = await serverFor(t);
+  const { api } = server;
+  const { task_id: id } = await api.createTask({ id: 'blocked-stream', name: 'Behind a broken proxy', total: 5 });
+  const { page } = await newPage(t);
+  // Something on the way drops every stream, while plain requests go through.
+  const blockStreams = (route) => route.abort('connectionreset');
+  await page.route('**/events*', blockStreams);
+
+  await page.goto(`${server.url}/?task=${id}`);
+  await expectAttribute(page, '#connection', 'data-transport', 'poll', 30000);
+  await expectAttribute(page, '#connection', 'data-state', 'live', 5000);
+  await api.progress(id, { processed: 1, current_file: 'via/polling.txt' });
+  await expectText(page, card(id, '.current .path'), 'via/polling.txt', LIVE_MS);
+  await screenshot(page, '2b-stream-blocked-polling');
+
+  // Once streams get through again the page goes back to streaming (after a cool-down).
+  await page.unroute('**/events*', blockStreams);
+  await expectAttribute(page, '#connection', 'data-transport', 'sse', 40000);
+  await expectAttribute(page, '#connection', 'data-state', 'live', 5000);
+  await api.progress(id, { processed: 2, current_file: 'via/stream.txt' });
+  await expectText(page, card(id, '.current .path'), 'via/stream.txt', LIVE_MS);
+});
+
+test('the dashboard reconnects by itself after the server restarts', { timeout: 90000 }, async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const dataDir = join(dir.path, 'data');
+  let server = await startServer({ dataDir });
+  t.after(() => server.stop());
+  await server.api.createTask({ id: 'before-restart', name: 'Before the restart', total: 4 });
+
+  const { page } = await newPage(t);
+  await page.goto(server.url);
+  await expectText(page, card('before-restart', '.status'), 'Pending', 5000);
+  await expectAttribute(page, '#connection', 'data-state', 'live', 5000);
+
+  assert.equal(await server.stop(), 0, 'graceful shutdown exits 0');
+  await expectAttribute(page, '#connection', 'data-state', 'unreachable', 20000);
+  assert.match(await readText(page, '#connection .connection-text'), /^Server unreachable/);
+  await screenshot(page, '3b-dashboard-server-down');
+
+  server = await startServer({ dataDir, listen: server.addr });
+  // Back on the stream by itself, and live: a task created now shows up without a reload.
+  await expectAttribute(page, '#connection', 'data-transport', 'sse', 40000);
+  await expectAttribute(page, '#connection', 'data-state', 'live', 5000);
+  await server.api.createTask({ id: 'after-restart', name: 'After the restart', total: 2 });
+  await server.api.progress('after-restart', { processed: 1, current_file: 'new/one.txt' });
+  await expectText(page, card('after-restart', '.percent'), '50%', LIVE_MS);
+  await screenshot(page, '3b-dashboard-reconnected');
+});
+
+// Needs the durable store (SQLite, the default): the restarted server must still know
+// the task and its seq.
+test('the page rides out a server restart and shows the final state', { timeout: 90000 }, async (t) => {
   const dir = await tempDir();
   t.after(() => dir.remove());
   const dataDir = join(dir.path, 'data');
