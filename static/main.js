@@ -139,10 +139,13 @@ $('search-form').addEventListener('submit', async (event) => {
       signal: AbortSignal.timeout(WRITE_TIMEOUT_MS),
     });
     if (!response.ok) throw await HttpError.from(response);
-    const found = (await response.json()).hits || [];
+    const body = await response.json();
+    const found = body.hits || [];
+    const total = Number.isInteger(body.total_hits) ? body.total_hits : found.length;
     renderHits(hits, found);
-    const count = found.length === 1 ? '1 match' : `${found.length} matches`;
-    showMessage(message, found.length ? `${count} for “${q}”` : `No matches for “${q}”`, 'info');
+    const count = total === 1 ? '1 match' : `${total} matches`;
+    const shown = found.length < total ? ` (showing the best ${found.length})` : '';
+    showMessage(message, total ? `${count} for “${q}”${shown}` : `No matches for “${q}”`, 'info');
   } catch (error) {
     hits.replaceChildren();
     showMessage(message, error instanceof HttpError ? describe(error) : 'The server did not answer.');

@@ -17,9 +17,10 @@ export function formatCount(n) {
   return Number.isFinite(n) ? numberFormat.format(n) : '–';
 }
 
-/** 75 → "1m 15s", 3700 → "1h 01m". */
+/** 0.25 → "250 ms", 75 → "1m 15s", 3700 → "1h 01m". */
 export function formatDuration(totalSecs) {
   if (!Number.isFinite(totalSecs) || totalSecs < 0) return '–';
+  if (totalSecs < 1 && !Number.isInteger(totalSecs)) return `${Math.round(totalSecs * 1000)} ms`;
   const secs = Math.round(totalSecs);
   if (secs < 60) return `${secs}s`;
   const h = Math.floor(secs / 3600);
@@ -45,18 +46,76 @@ function el(tag, className, text) {
   return node;
 }
 
-/** Results are any JSON: a flat object reads best as a list of labelled values,
- *  anything else is shown as indented JSON. */
-function renderResults(results) {
-  const flat =
-    results && typeof results === 'object' && !Array.isArray(results) &&
-    Object.values(results).every((v) => v === null || typeof v !== 'object');
-  if (!flat) return el('pre', 'json', JSON.stringify(results, null, 2));
-  const list = el('dl', 'result-list');
-  for (const [key, value] of Object.entries(results)) {
-    list.append(el('dt', '', humanize(key)));
-    list.append(el('dd', '', typeof value === 'number' ? formatCount(value) : String(value)));
+/** 1536 → "1.5 KiB". */
+export function formatBytes(n) {
+  if (!Number.isFinite(n)) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
   }
+  return unit === 0 ? `${value} B` : `${rateFormat.format(value)} ${units[unit]}`;
+}
+
+const LISTED_ITEMS = 8;
+
+/** One value of a results object, read as a person would want it: sizes and durations by
+ *  their key's name, lists as lists, small objects inline, anything else as JSON. */
+function renderValue(key, value) {
+  if (value === null || value === undefined) return document.createTextNode('–');
+  if (typeof value === 'number') {
+    if (/(^|_)bytes$/.test(key)) return document.createTextNode(formatBytes(value));
+    if (/_ms$/.test(key)) return document.createTextNode(formatDuration(value / 1000));
+    return document.createTextNode(formatCount(value));
+  }
+  if (typeof value !== 'object') return document.createTextNode(String(value));
+  const isPrimitive = (v) => v === null || typeof v !== 'object';
+  if (Array.isArray(value)) {
+    if (value.length === 0) return el('span', 'none', 'none');
+    const list = el('ul', 'value-list');
+    for (const item of value.slice(0, LISTED_ITEMS)) {
+      const text = isPrimitive(item)
+        ? String(item)
+        : Object.values(item).every(isPrimitive)
+          ? Object.values(item).join(' — ')
+          : JSON.stringify(item);
+      list.append(el('li', '', text));
+    }
+    if (value.length > LISTED_ITEMS) list.append(el('li', 'more', `and ${value.length - LISTED_ITEMS} more`));
+    return list;
+  }
+  const entries = Object.entries(value);
+  if (entries.length === 0) return el('span', 'none', 'none');
+  if (entries.every(([, v]) => isPrimitive(v))) {
+    return document.createTextNode(entries.map(([k, v]) => `${k}: ${typeof v === 'number' ? formatCount(v) : v}`).join(', '));
+  }
+  return el('code', '', JSON.stringify(value));
+}
+
+/** Results are any JSON: an object reads best as a list of labelled values, anything else
+ *  is shown as indented JSON. */
+function renderResults(results) {
+  if (!results || typeof results !== 'object' || Array.isArray(results)) {
+    return el('pre', 'json', JSON.stringify(results, null, 2));
+  }
+  const list = el('dl', 'result-list');
+  const wide = [];
+  for (const [key, value] of Object.entries(results)) {
+    const pair = el('div', 'result');
+    const dd = el('dd');
+    dd.append(renderValue(key, value));
+    pair.append(el('dt', '', humanize(key.replace(/_ms$/, ''))), dd);
+    // Lists and long text take a whole row, after the short values.
+    if ((Array.isArray(value) && value.length > 0) || (typeof value === 'string' && value.length > 40)) {
+      pair.classList.add('wide');
+      wide.push(pair);
+    } else {
+      list.append(pair);
+    }
+  }
+  list.append(...wide);
   return list;
 }
 
@@ -103,6 +162,7 @@ export class TaskView {
     this.el.dataset.taskId = s.task_id;
 
     p.link.textContent = name;
+    p.link.title = name;
     p.link.href = `/?task=${encodeURIComponent(s.task_id)}`;
     p.status.textContent = STATUS_LABELS[s.status] || s.status;
     p.stalled.hidden = !s.stalled || terminal;
@@ -132,7 +192,8 @@ export class TaskView {
     p.base.textContent = file.slice(slash + 1);
     p.current.title = file;
 
-    p.message.hidden = !s.message;
+    // A job's message names its current step: once it has ended, that step is over.
+    p.message.hidden = !s.message || terminal;
     p.message.textContent = s.message || '';
 
     p.error.hidden = s.status !== 'failed';
@@ -164,18 +225,26 @@ export class TaskView {
   }
 }
 
-/** A snippet with `<mark>`…`</mark>` around the matches, rebuilt as text and <mark>
- *  elements: every other part of the snippet stays text, whatever it contains. */
+/** A search snippet is HTML (escaped text, matches in `<b>`). It is parsed in an inert
+ *  document and rebuilt from its text alone, with <mark> around the matches, so nothing
+ *  else a file contained can reach the page. */
 function highlighted(snippet) {
   const fragment = document.createDocumentFragment();
-  const parts = String(snippet).split(/(<mark>|<\/mark>)/);
-  let inMark = false;
-  for (const part of parts) {
-    if (part === '<mark>') inMark = true;
-    else if (part === '</mark>') inMark = false;
-    else if (part) fragment.append(inMark ? el('mark', '', part) : document.createTextNode(part));
+  const body = new DOMParser().parseFromString(String(snippet), 'text/html').body;
+  for (const node of body.childNodes) {
+    const match = node.nodeType === Node.ELEMENT_NODE && ['B', 'MARK', 'EM', 'STRONG'].includes(node.nodeName);
+    fragment.append(match ? el('mark', '', node.textContent) : document.createTextNode(node.textContent));
   }
   return fragment;
+}
+
+/** A path as a muted directory and a plain file name. */
+function pathNode(path, className) {
+  const node = el('span', `${className} path`);
+  const slash = path.lastIndexOf('/');
+  node.append(el('span', 'dir', path.slice(0, slash + 1)), el('span', 'base', path.slice(slash + 1)));
+  node.title = path;
+  return node;
 }
 
 export function renderHits(list, hits) {
@@ -183,7 +252,7 @@ export function renderHits(list, hits) {
     ...hits.map((hit) => {
       const item = el('li', 'hit');
       const head = el('div', 'hit-head');
-      head.append(el('span', 'hit-path', hit.path ?? ''));
+      head.append(pathNode(String(hit.path ?? ''), 'hit-path'));
       if (Number.isFinite(hit.score)) head.append(el('span', 'hit-score', `score ${hit.score.toFixed(2)}`));
       const snippet = el('p', 'hit-snippet');
       snippet.append(highlighted(hit.snippet ?? ''));

@@ -25,12 +25,15 @@ after(async () => {
   await browser?.close();
 });
 
-/** A server and a fresh data directory, both gone when the test ends. */
-async function serverFor(t, options = () => ({})) {
+/** A server and a fresh data directory, both gone when the test ends. `options(dir)`
+ *  gives extra server options; `prepare()` runs after it, before the server starts. */
+async function serverFor(t, options = () => ({}), prepare = async () => {}) {
   const dir = await tempDir();
   t.after(() => dir.remove());
   const dataDir = join(dir.path, 'data');
-  const server = await startServer({ dataDir, ...options(dir.path) });
+  const extra = options(dir.path);
+  await prepare();
+  const server = await startServer({ dataDir, ...extra });
   t.after(() => server.stop());
   return { server, dir: dir.path, dataDir };
 }
@@ -50,6 +53,19 @@ async function newPage(t, { viewport = DESKTOP, colorScheme = 'light', withoutEv
     if (message.type() === 'error') problems.push(`console: ${message.text()}`);
   });
   return { page, problems };
+}
+
+/** Nothing sticks out sideways: a phone never has to scroll horizontally. */
+async function assertFitsWidth(page) {
+  const { scroll, viewport, offenders } = await page.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth,
+    viewport: window.innerWidth,
+    offenders: [...document.querySelectorAll('body *')]
+      .filter((node) => node.getBoundingClientRect().right > window.innerWidth + 0.5)
+      .slice(0, 5)
+      .map((node) => `${node.tagName.toLowerCase()}.${node.className} (${Math.round(node.getBoundingClientRect().right)}px)`),
+  }));
+  assert.ok(scroll <= viewport, `page is ${scroll}px wide in a ${viewport}px viewport: ${offenders.join(', ')}`);
 }
 
 /** The card of one task: `[data-task-id="…"] .part`. */
@@ -115,6 +131,7 @@ test('a focused task shows every update live over SSE, then its results', { time
   await phone.page.goto(`${server.url}/?task=${id}`);
   await expectText(phone.page, card(id, '.status'), 'Completed', 5000);
   await screenshot(phone.page, '1-sse-completed-phone-dark');
+  await assertFitsWidth(phone.page);
   assert.deepEqual([...problems, ...phone.problems], []);
 });
 
@@ -235,12 +252,17 @@ test('the form indexes a folder, and the finished index can be searched', {
   timeout: 90000,
   todo: 'needs POST /api/index-folder and GET /api/search from branch indexer (not merged yet)',
 }, async (t) => {
-  const { server, dir } = await serverFor(t, (path) => ({ indexRoots: [join(path, 'root')] }));
-  const docs = join(dir, 'root', 'docs');
-  await mkdir(join(docs, 'notes'), { recursive: true });
-  await writeFile(join(docs, 'harbour.txt'), 'The lighthouse keeper logs every ship entering the harbour.\n');
-  await writeFile(join(docs, 'notes', 'garden.md'), '# Garden\nTomatoes and basil grow by the south wall.\n');
-  await writeFile(join(docs, 'recipes.txt'), 'Basil pesto: basil, pine nuts, garlic, olive oil.\n');
+  // The folder exists before the server starts: it checks its index roots at start-up.
+  let docs;
+  const { server } = await serverFor(t, (path) => {
+    docs = join(path, 'root', 'docs');
+    return { indexRoots: [join(path, 'root')] };
+  }, async () => {
+    await mkdir(join(docs, 'notes'), { recursive: true });
+    await writeFile(join(docs, 'harbour.txt'), 'The lighthouse keeper logs every ship entering the harbour.\n');
+    await writeFile(join(docs, 'notes', 'garden.md'), '# Garden\nTomatoes and basil grow by the south wall.\n');
+    await writeFile(join(docs, 'recipes.txt'), 'Basil pesto: basil, pine nuts, garlic, olive oil.\n');
+  });
 
   const { page, problems } = await newPage(t);
   await page.goto(server.url);
@@ -256,11 +278,22 @@ test('the form indexes a folder, and the finished index can be searched', {
   await page.fill('#query', 'basil');
   await page.click('#search-form button');
   await expectText(page, '#search-message', '2 matches for “basil”', 5000);
+  // Hits name the indexed file by its full path.
   const paths = await page.$$eval('#hits .hit-path', (nodes) => nodes.map((n) => n.textContent).sort());
-  assert.deepEqual(paths, ['notes/garden.md', 'recipes.txt']);
+  assert.deepEqual(paths, [join(docs, 'notes', 'garden.md'), join(docs, 'recipes.txt')].sort());
   assert.ok(await page.$('#hits mark'), 'the matched words are highlighted');
   await screenshot(page, '4-index-and-search');
-  assert.deepEqual(problems, []);
+
+  const phone = await newPage(t, { viewport: PHONE, colorScheme: 'dark' });
+  await phone.page.goto(`${server.url}/?task=${id}`);
+  await expectText(phone.page, card(id, '.status'), 'Completed', 5000);
+  await expectVisible(phone.page, '#search', true, LIVE_MS);
+  await phone.page.fill('#query', 'harbour');
+  await phone.page.click('#search-form button');
+  await expectText(phone.page, '#search-message', '1 match for “harbour”', 5000);
+  await screenshot(phone.page, '4-index-and-search-phone-dark');
+  await assertFitsWidth(phone.page);
+  assert.deepEqual([...problems, ...phone.problems], []);
 });
 
 test('the dashboard lists every task and shows new ones live; cancel works', { timeout: 60000 }, async (t) => {
@@ -291,6 +324,7 @@ test('the dashboard lists every task and shows new ones live; cancel works', { t
   await phone.page.goto(server.url);
   await expectText(phone.page, card(fresh.task_id, '.percent'), '38%', 5000);
   await screenshot(phone.page, '5-dashboard-phone-dark');
+  await assertFitsWidth(phone.page);
 
   await page.click(card(fresh.task_id, '.cancel'));
   await expectText(page, card(fresh.task_id, '.status'), 'Cancelled', LIVE_MS);
