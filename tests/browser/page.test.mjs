@@ -349,3 +349,21 @@ test('on a write-protected server the page says why it cannot write', { timeout:
   assert.equal((await api.get('protected')).status, 'pending', 'nothing was cancelled');
   await screenshot(page, '6-write-protected');
 });
+
+test('an empty server and an unknown task say so', { timeout: 60000 }, async (t) => {
+  const { server } = await serverFor(t);
+  const { page, problems } = await newPage(t);
+  await page.goto(server.url);
+  await expectAttribute(page, '#connection', 'data-state', 'live', 5000);
+  await expectVisible(page, '#empty', true, 5000);
+  assert.match(await readText(page, '#empty'), /^No tasks yet/);
+  await screenshot(page, '7-empty');
+
+  await page.goto(`${server.url}/?task=no-such-task`);
+  await expectAttribute(page, '#connection', 'data-state', 'gone', 5000);
+  await expectText(page, '#empty', 'There is no task “no-such-task” on this server (it may have expired).', LIVE_MS);
+  await expectText(page, '#connection .connection-text', 'Task not found', LIVE_MS);
+  await screenshot(page, '7-unknown-task');
+  // The stream's 404 is logged by the browser itself; nothing else may go wrong.
+  assert.deepEqual(problems.filter((p) => !p.includes('404')), []);
+});
