@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod extract;
 mod health;
+mod page;
 mod poll;
 mod sse;
 mod tasks;
@@ -50,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{task_id}/complete", post(tasks::complete))
         .route("/api/tasks/{task_id}/fail", post(tasks::fail))
         .route("/api/tasks/{task_id}/cancel", post(tasks::cancel))
+        // The bundled page and its assets.
+        .route("/", get(page::index))
+        .route("/static/{name}", get(page::asset))
         // Operations.
         .route("/healthz", get(health::healthz))
         .fallback(|| async { ApiError::NotFound("Not found".to_string()) })

@@ -1,3 +1,13 @@
-//! Black-box tests against a server started on port 0.
+//! Black-box tests: a real server on port 0, real HTTP, SSE and WebSocket clients.
 
+mod helpers;
+
+mod binary;
+mod durability;
+mod errors;
+mod page;
+mod poll;
+mod shutdown;
+mod sse;
 mod stream_handoff;
+mod ws;

@@ -1,47 +1,16 @@
 //! Event streams that the server takes over from hyper once their headers are out
 //! (`src/server/handoff.rs`): the bytes on the wire must be a correct chunked HTTP/1.1
 //! response that ends after the terminal event, on shutdown, and for HTTP/1.0 clients
-//! that take the ordinary path. Uses its own small helpers over raw sockets, since the
-//! point is the exact framing.
+//! that take the ordinary path. Reads raw sockets, since the point is the exact framing.
 
-use std::time::Duration;
-
-use progress_hub::config::Config;
 use progress_hub::hub::{Hub, NewTask, Outcome, ProgressUpdate, TaskId};
-use progress_hub::Application;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Server {
-    addr: std::net::SocketAddr,
-    hub: Hub,
-    stop: oneshot::Sender<()>,
-    done: JoinHandle<()>,
-}
-
-async fn start() -> Server {
-    let app = Application::build(Config::for_tests())
-        .await
-        .expect("server starts");
-    let (addr, hub) = (app.local_addr(), app.hub().clone());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    Server {
-        addr,
-        hub,
-        stop,
-        done,
-    }
-}
+use crate::helpers::{spawn_app, task_id, within};
 
 fn task(hub: &Hub, id: &str) -> TaskId {
-    let id = TaskId::parse(id).expect("valid id");
+    let id = task_id(id);
     hub.create(NewTask {
         id: Some(id.clone()),
         total: 10,
@@ -64,7 +33,7 @@ async fn open(
         .await
         .expect("send request");
     let mut buf = Vec::new();
-    let end = tokio::time::timeout(WAIT, async {
+    let end = within(async {
         loop {
             let mut chunk = [0u8; 4096];
             let n = socket.read(&mut chunk).await.expect("read head");
@@ -75,17 +44,15 @@ async fn open(
             }
         }
     })
-    .await
-    .expect("response head in time");
+    .await;
     let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
     (socket, head, buf[end..].to_vec())
 }
 
 /// Reads until the server closes the connection.
 async fn read_to_end(mut socket: TcpStream, mut body: Vec<u8>) -> Vec<u8> {
-    tokio::time::timeout(WAIT, socket.read_to_end(&mut body))
+    within(socket.read_to_end(&mut body))
         .await
-        .expect("the server ends the stream in time")
         .expect("read body");
     body
 }
@@ -119,7 +86,7 @@ fn event_ids(body: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn handed_off_stream_is_valid_chunked_http_and_ends_after_the_terminal_event() {
-    let server = start().await;
+    let server = spawn_app().await;
     let id = task(&server.hub, "handoff-1");
     let path = format!("/api/index-progress/{id}/events");
     let (socket, head, rest) = open(server.addr, &path, "HTTP/1.1").await;
@@ -145,33 +112,25 @@ async fn handed_off_stream_is_valid_chunked_http_and_ends_after_the_terminal_eve
     assert!(body.contains("event: completed\n"), "{body}");
     assert!(body.ends_with("\n\n"), "{body}");
 
-    let _ = server.stop.send(());
-    tokio::time::timeout(WAIT, server.done)
-        .await
-        .expect("server stops in time")
-        .expect("server task");
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn handed_off_stream_ends_cleanly_on_shutdown() {
-    let server = start().await;
+    let server = spawn_app().await;
     let id = task(&server.hub, "handoff-2");
     let path = format!("/api/index-progress/{id}/events");
     let (socket, head, rest) = open(server.addr, &path, "HTTP/1.1").await;
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
 
-    let _ = server.stop.send(());
-    let body = dechunk(&read_to_end(socket, rest).await);
+    let (body, ()) = tokio::join!(read_to_end(socket, rest), server.stop());
+    let body = dechunk(&body);
     assert_eq!(event_ids(&body), ["1"], "{body}");
-    tokio::time::timeout(WAIT, server.done)
-        .await
-        .expect("server stops in time")
-        .expect("server task");
 }
 
 #[tokio::test]
 async fn http_1_0_streams_through_hyper_until_the_terminal_event() {
-    let server = start().await;
+    let server = spawn_app().await;
     let id = task(&server.hub, "handoff-3");
     let path = format!("/api/index-progress/{id}/events");
     let (socket, head, rest) = open(server.addr, &path, "HTTP/1.0").await;
@@ -187,9 +146,5 @@ async fn http_1_0_streams_through_hyper_until_the_terminal_event() {
     assert_eq!(event_ids(&body), ["1", "2"], "{body}");
     assert!(body.contains("event: cancelled\n"), "{body}");
 
-    let _ = server.stop.send(());
-    tokio::time::timeout(WAIT, server.done)
-        .await
-        .expect("server stops in time")
-        .expect("server task");
+    server.stop().await;
 }
