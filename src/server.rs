@@ -5,7 +5,9 @@
 //! the same signal), then give up on stragglers after the grace period.
 //!
 //! Event streams leave hyper once their headers are out (see [`handoff`]), so an idle
-//! subscriber costs its socket and its subscription, not a whole HTTP connection.
+//! subscriber costs its socket and its subscription, not a whole HTTP connection. Their
+//! writers then run on a runtime of their own: fanning one event out to 10,000 sockets is
+//! 10,000 tasks to run, and a producer's request (or a poll) must not wait behind them.
 
 pub mod handoff;
 
@@ -45,6 +47,8 @@ pub async fn serve(
         .header_read_timeout(options.header_timeout)
         .keep_alive(true);
     let connections = TaskTracker::new();
+    let fan_out = fan_out_runtime();
+    let writers = fan_out.as_ref().map(|r| r.handle().clone());
     loop {
         let stream = tokio::select! {
             biased;
@@ -75,7 +79,7 @@ pub async fn serve(
         let connection = http
             .serve_connection(TokioIo::new(socket), TowerToHyperService::new(service))
             .with_upgrades();
-        let (shutdown, tracker) = (shutdown.clone(), connections.clone());
+        let (shutdown, tracker, writers) = (shutdown.clone(), connections.clone(), writers.clone());
         let grace = options.grace;
         connections.spawn(async move {
             {
@@ -95,7 +99,7 @@ pub async fn serve(
                 // Leaving this block drops hyper's connection state and buffers.
             }
             if let Some((socket, frames)) = handoff.take() {
-                tracker.spawn(handoff::write_stream(socket, frames));
+                handoff::spawn_writer(socket, frames, writers.as_ref(), &tracker);
             }
         });
     }
@@ -112,6 +116,28 @@ pub async fn serve(
             open = connections.len() + upgraded.len(),
             "grace period over; closing remaining connections"
         );
+    }
+    if let Some(runtime) = fan_out {
+        // Dropping a runtime may block; from async code it must be let go in the background.
+        runtime.shutdown_background();
+    }
+}
+
+/// The runtime that handed-off streams are written from, one thread per core. `None`
+/// (streams then run beside everything else) only if its threads cannot be started.
+fn fan_out_runtime() -> Option<tokio::runtime::Runtime> {
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("fan-out")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            tracing::warn!(%error, "no separate fan-out runtime; streams share the main one");
+            None
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use futures_util::stream::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 /// Ready-to-send frames of one stream, ending when the stream should end.
 pub type FrameStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
@@ -205,6 +206,28 @@ impl AsyncWrite for Socket {
         }
         self.stream()?.poll_shutdown(cx)
     }
+}
+
+/// Starts [`write_stream`] on `runtime` (the current one if `None`), tracked by `tracker`
+/// so shutdown waits for it. The socket moves to that runtime's reactor with it.
+pub fn spawn_writer(
+    socket: TcpStream,
+    frames: FrameStream,
+    runtime: Option<&tokio::runtime::Handle>,
+    tracker: &TaskTracker,
+) {
+    let Some(runtime) = runtime else {
+        tracker.spawn(write_stream(socket, frames));
+        return;
+    };
+    let Ok(socket) = socket.into_std() else {
+        return;
+    };
+    runtime.spawn(tracker.track_future(async move {
+        if let Ok(socket) = TcpStream::from_std(socket) {
+            write_stream(socket, frames).await;
+        }
+    }));
 }
 
 /// Frames written with one `writev` at most: what a subscriber that fell behind has
