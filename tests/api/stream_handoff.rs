@@ -124,8 +124,11 @@ async fn handed_off_stream_ends_cleanly_on_shutdown() {
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
 
     let (body, ()) = tokio::join!(read_to_end(socket, rest), server.stop());
+    // Shutdown may come before or after the snapshot went out; either way the body is
+    // complete (`dechunk` checks the last chunk) and the client can resume elsewhere.
     let body = dechunk(&body);
-    assert_eq!(event_ids(&body), ["1"], "{body}");
+    assert!(body.starts_with("retry: "), "{body}");
+    assert!(event_ids(&body).len() <= 1, "{body}");
 }
 
 #[tokio::test]
