@@ -8,6 +8,7 @@
 //! subscriber costs its socket and its subscription, not a whole HTTP connection. Their
 //! writers then run on a runtime of their own: fanning one event out to 10,000 sockets is
 //! 10,000 tasks to run, and a producer's request (or a poll) must not wait behind them.
+//! WebSocket sessions run there too ([`FanOut`]).
 
 pub mod handoff;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use axum::http::header::UPGRADE;
 use axum::http::Request;
 use axum::Router;
 use hyper::body::Incoming;
@@ -26,6 +28,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+/// The fan-out runtime, put into WebSocket upgrade requests so their sessions run there.
+#[derive(Clone)]
+pub struct FanOut(pub tokio::runtime::Handle);
 
 pub struct ServeOptions {
     pub header_timeout: Duration,
@@ -65,9 +71,15 @@ pub async fn serve(
         let handoff = Arc::new(handoff::Connection::default());
         let socket = handoff::Socket::new(stream, handoff.clone());
         let service = {
-            let (router, handoff) = (router.clone(), handoff.clone());
-            tower::service_fn(move |request: Request<Incoming>| {
+            let (router, handoff, writers) = (router.clone(), handoff.clone(), writers.clone());
+            tower::service_fn(move |mut request: Request<Incoming>| {
                 let (router, handoff) = (router.clone(), handoff.clone());
+                // Only upgrades pay for the extension (its map is allocated on first insert).
+                if let Some(runtime) = &writers {
+                    if request.headers().contains_key(UPGRADE) {
+                        request.extensions_mut().insert(FanOut(runtime.clone()));
+                    }
+                }
                 async move {
                     let (version, method) = (request.version(), request.method().clone());
                     let mut response = router.oneshot(request).await?;

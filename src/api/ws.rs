@@ -9,6 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::Extension;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
@@ -16,6 +17,7 @@ use super::extract::{ApiQuery, TaskIdPath};
 use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
 use crate::hub::Subscription;
+use crate::server::FanOut;
 
 /// Largest message accepted from a client: it has nothing to say but control frames.
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
@@ -27,6 +29,7 @@ pub async fn task_ws(
     TaskIdPath(id): TaskIdPath,
     ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
+    fan_out: Option<Extension<FanOut>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
@@ -45,8 +48,16 @@ pub async fn task_ws(
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
-            run(socket, subscription, heartbeat, shutdown).await;
-            drop(tracked);
+            let session = async move {
+                run(socket, subscription, heartbeat, shutdown).await;
+                drop(tracked);
+            };
+            // Like SSE streams, sockets are fed from the fan-out runtime when the server
+            // runs one, so producers' requests do not queue behind them.
+            match fan_out {
+                Some(Extension(FanOut(runtime))) => drop(runtime.spawn(session)),
+                None => session.await,
+            }
         }))
 }
 
