@@ -117,6 +117,14 @@ start_nchan() {
     wait_port "$NCHAN_PORT"
 }
 
+cpu_ticks() { # pids...: user+system CPU ticks (1/100 s) summed
+    local total=0 pid
+    for pid in "$@"; do
+        total=$(( total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+    done
+    echo "$total"
+}
+
 server_pids() { # name: the process and its children (nginx workers)
     local pid="${PID[$1]}"
     echo "$pid" $(pgrep -P "$pid" || true)
@@ -184,14 +192,16 @@ if wanted poll; then
         path=/api/index-progress/poll-bench
         [ "$target" = nchan ] && path=/poll
         log "poll on $target"
+        cpu_before=$(cpu_ticks $(server_pids "$target"))
         wrk -t 1 -c 64 -d "${WRK_SECS}s" --latency "http://127.0.0.1:$(port_of "$target")$path" \
             >"$RESULTS/poll.$target.log" 2>&1 || true
-        awk -v t="$target" '
+        cpu=$(( $(cpu_ticks $(server_pids "$target")) - cpu_before ))
+        awk -v t="$target" -v cpu="$cpu" '
             /Requests\/sec/ { rps = $2 }
             /^ +99%/ { p99 = $2 }
             / requests in / { n = $1 }
             /Non-2xx/ { bad = $NF }
-            END { printf "{\"label\":\"poll\",\"target\":\"%s\",\"requests\":%d,\"rps\":%s,\"p99\":\"%s\",\"non2xx\":%d}\n", t, n, rps, p99, bad }
+            END { printf "{\"label\":\"poll\",\"target\":\"%s\",\"requests\":%d,\"rps\":%s,\"p99\":\"%s\",\"non2xx\":%d,\"server_cpu_secs\":%.2f,\"requests_per_cpu_sec\":%d}\n", t, n, rps, p99, bad, cpu / 100, (cpu > 0 ? n * 100 / cpu : 0) }
         ' "$RESULTS/poll.$target.log" >"$RESULTS/poll.$target.json"
         tail -n 2 "$RESULTS/poll.$target.log" >&2
     done

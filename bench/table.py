@@ -33,6 +33,8 @@ POLL = [
     ("rps", "requests/s (wrk -c 64)", "up"),
     ("p99", "latency p99", "down"),
     ("non2xx", "non-2xx answers", "down"),
+    ("server_cpu_secs", "server CPU s", "down"),
+    ("requests_per_cpu_sec", "requests per server CPU-second", "up"),
 ]
 
 
