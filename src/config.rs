@@ -27,6 +27,12 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API (the default when no command is given).
     Serve,
+    /// Index a folder into the search index under the data directory, with a progress bar,
+    /// without starting the server.
+    Index {
+        /// The folder to index.
+        folder: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -41,8 +47,21 @@ pub struct Config {
 
     /// Folders the built-in indexer may read (repeatable; the environment variable is
     /// `:`-separated). Defaults to the current directory.
-    #[arg(long = "index-root", env = "PROGRESS_HUB_INDEX_ROOTS", value_delimiter = ':')]
+    #[arg(
+        long = "index-root",
+        env = "PROGRESS_HUB_INDEX_ROOTS",
+        value_delimiter = ':'
+    )]
     pub index_roots: Vec<PathBuf>,
+
+    /// Files larger than this many bytes are skipped by the indexer without being read.
+    #[arg(long, env = "PROGRESS_HUB_MAX_FILE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_file_bytes: u64,
+
+    /// Threads that read and extract files while indexing; 0 means one per CPU core
+    /// (at most 8).
+    #[arg(long, env = "PROGRESS_HUB_INDEX_THREADS", default_value_t = 0)]
+    pub index_threads: usize,
 
     /// Bearer token that producers must send to write. Never logged.
     #[arg(long, env = "PROGRESS_HUB_API_TOKEN", hide_env_values = true)]
@@ -97,6 +116,8 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             index_roots: Vec::new(),
+            max_file_bytes: 64 * 1024 * 1024,
+            index_threads: 0,
             api_token: None,
             allow_unauthenticated: false,
             coalesce_ms: 50,
@@ -116,6 +137,21 @@ impl Config {
             channel_capacity: self.subscriber_buffer as usize,
             ..HubConfig::default()
         }
+    }
+
+    /// Extraction threads for indexing jobs: as configured, or one per core (at most 8).
+    pub fn index_threads(&self) -> usize {
+        match self.index_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
+            n => n,
+        }
+    }
+
+    /// Where the search index lives.
+    pub fn index_dir(&self) -> PathBuf {
+        self.data_dir.join("index")
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod hub;
+pub mod indexer;
 pub mod server;
 pub mod store;
 
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use api::AppState;
 use config::Config;
 use hub::Hub;
+use indexer::Indexer;
 use store::{MemoryStore, Store, StoreError};
 
 /// Why the server could not start.
@@ -38,6 +40,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    IndexRoots(std::io::Error),
 }
 
 /// A bound, ready-to-run server.
@@ -77,8 +81,16 @@ impl Application {
             source,
         })?;
         let hub = Hub::new(config.hub(), store)?;
+        let indexer = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || Indexer::new(&config))
+                .await
+                .map_err(|e| StartError::IndexRoots(std::io::Error::other(e)))?
+                .map_err(StartError::IndexRoots)?
+        };
         let state = AppState {
             hub,
+            indexer,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -97,6 +109,10 @@ impl Application {
 
     pub fn hub(&self) -> &Hub {
         &self.state.hub
+    }
+
+    pub fn indexer(&self) -> &Indexer {
+        &self.state.indexer
     }
 
     /// Serves until `stop` resolves, then: streams end, connections drain within the
@@ -123,6 +139,11 @@ impl Application {
             options,
         )
         .await;
+        // Jobs were told to stop when shutdown began; their tasks end as interrupted.
+        state
+            .indexer
+            .shutdown(&state.hub, state.config.shutdown_grace())
+            .await;
         state.hub.flush_pending();
         if let Err(error) = state.hub.store().flush().await {
             tracing::error!(%error, "final store flush failed");

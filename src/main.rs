@@ -20,6 +20,7 @@ async fn main() -> ExitCode {
         .init();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
+        Command::Index { folder } => progress_hub::indexer::cli::run(cli.config, folder).await,
     }
 }
 

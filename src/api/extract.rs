@@ -193,9 +193,21 @@ mod tests {
     #[test]
     fn typed_fields_name_themselves_in_errors() {
         let mut f = fields(json!({"processed": -1, "progress": 101, "current_file": 3}));
-        assert!(f.uint("processed").unwrap_err().to_string().contains("processed"));
-        assert!(f.percent("progress").unwrap_err().to_string().contains("progress"));
-        assert!(f.string("current_file", 10).unwrap_err().to_string().contains("current_file"));
+        assert!(f
+            .uint("processed")
+            .unwrap_err()
+            .to_string()
+            .contains("processed"));
+        assert!(f
+            .percent("progress")
+            .unwrap_err()
+            .to_string()
+            .contains("progress"));
+        assert!(f
+            .string("current_file", 10)
+            .unwrap_err()
+            .to_string()
+            .contains("current_file"));
         assert!(f.finish().is_ok());
     }
 

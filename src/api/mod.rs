@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod extract;
 mod health;
+mod index;
 mod poll;
 mod sse;
 mod tasks;
@@ -21,12 +22,15 @@ pub use error::ApiError;
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::indexer::Indexer;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Hub,
     pub config: Arc<Config>,
+    /// The built-in indexing job and search.
+    pub indexer: Indexer,
     /// Cancelled when the server starts shutting down; every stream watches it.
     pub shutdown: CancellationToken,
     /// Upgraded WebSockets live outside their HTTP connection; shutdown waits for them here.
@@ -37,7 +41,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         // Following a task: poll, long poll, SSE, WebSocket.
         .route("/api/index-progress/{task_id}", get(poll::poll))
-        .route("/api/index-progress/{task_id}/events", get(sse::task_events))
+        .route(
+            "/api/index-progress/{task_id}/events",
+            get(sse::task_events),
+        )
         .route("/api/index-progress/{task_id}/ws", get(ws::task_ws))
         .route("/api/events", get(sse::all_events))
         // Producers and listings.
@@ -47,6 +54,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{task_id}/complete", post(tasks::complete))
         .route("/api/tasks/{task_id}/fail", post(tasks::fail))
         .route("/api/tasks/{task_id}/cancel", post(tasks::cancel))
+        // The built-in indexing job.
+        .route("/api/index-folder", post(index::index_folder))
+        .route("/api/search", get(index::search))
         // Operations.
         .route("/healthz", get(health::healthz))
         .fallback(|| async { ApiError::NotFound("Not found".to_string()) })

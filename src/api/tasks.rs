@@ -114,7 +114,10 @@ pub async fn cancel(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     body.finish()?;
-    finish(&state, &id, Outcome::Cancelled).await
+    let answer = finish(&state, &id, Outcome::Cancelled).await?;
+    // A built-in job would notice at its next report; this stops it at once.
+    state.indexer.cancel(&id);
+    Ok(answer)
 }
 
 async fn finish(state: &AppState, id: &TaskId, outcome: Outcome) -> Result<Response, ApiError> {
@@ -148,7 +151,8 @@ pub async fn list(
         .min(MAX_LIST_LIMIT);
     let events = state.hub.list(status, limit);
     // The snapshots are already JSON: splice them instead of decoding and re-encoding.
-    let mut body = BytesMut::with_capacity(16 + events.iter().map(|e| e.json().len() + 1).sum::<usize>());
+    let mut body =
+        BytesMut::with_capacity(16 + events.iter().map(|e| e.json().len() + 1).sum::<usize>());
     body.put_slice(b"{\"tasks\":[");
     for (i, event) in events.iter().enumerate() {
         if i > 0 {

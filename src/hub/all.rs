@@ -93,7 +93,11 @@ impl AllTasks {
         self.lock().latest.remove(task_id);
     }
 
-    pub fn subscribe(self: &Arc<Self>, last_event_id: Option<u64>, stats: Arc<Stats>) -> AllSubscription {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        last_event_id: Option<u64>,
+        stats: Arc<Stats>,
+    ) -> AllSubscription {
         let st = self.lock();
         let last = last_event_id.filter(|&n| n <= st.last_id);
         let backlog = match last {

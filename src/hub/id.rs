@@ -75,7 +75,18 @@ mod tests {
             assert!(TaskId::parse(ok).is_ok(), "{ok}");
         }
         let long = "x".repeat(65);
-        for bad in ["", "-a", "_a", "a b", "a/b", "..", "a.b", "é", long.as_str(), "a\n"] {
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "a b",
+            "a/b",
+            "..",
+            "a.b",
+            "é",
+            long.as_str(),
+            "a\n",
+        ] {
             assert!(TaskId::parse(bad).is_err(), "{bad:?}");
         }
         assert!(TaskId::parse(&TaskId::generate()).is_ok());

@@ -156,7 +156,8 @@ impl Hub {
             let st = cell.lock();
             self.shared.all.publish(&st.published);
         }
-        self.write_map().insert(cell.lock().working.task_id.clone(), cell.clone());
+        self.write_map()
+            .insert(cell.lock().working.task_id.clone(), cell.clone());
         if interrupted {
             let mut st = cell.lock();
             st.working.seq = st.published.seq() + 1;
@@ -340,6 +341,17 @@ impl Hub {
         self.shared
             .all
             .subscribe(last_event_id, self.shared.stats.clone())
+    }
+
+    /// Publishes the task's change that waits for its coalescing window now. A built-in job
+    /// calls it when it enters a new stage, so that no subscriber sees the stage merged away.
+    pub fn publish_now(&self, id: &TaskId) -> Result<(), HubError> {
+        let cell = self.cell(id)?;
+        let mut st = cell.lock();
+        if st.dirty {
+            self.shared.publish(&mut st);
+        }
+        Ok(())
     }
 
     /// Publishes every change still waiting for its coalescing window (on shutdown).

@@ -383,9 +383,17 @@ mod tests {
         s.name = Some("docs".into());
         s.detail = Some(json!({"stage": "scan"}));
         s.job = Some("index-folder".into());
-        s.finish(Outcome::Failed { error: "boom".into() }, 5_000);
+        s.finish(
+            Outcome::Failed {
+                error: "boom".into(),
+            },
+            5_000,
+        );
         let back = Snapshot::from_json(&s.to_json(EventKind::Failed)).unwrap();
-        assert_eq!(back.to_json(EventKind::Failed), s.to_json(EventKind::Failed));
+        assert_eq!(
+            back.to_json(EventKind::Failed),
+            s.to_json(EventKind::Failed)
+        );
         assert_eq!(back.updated_at_ms, 5_000);
     }
 
