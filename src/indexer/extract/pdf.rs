@@ -84,6 +84,9 @@ mod tests {
     use super::*;
     use pdf_extract::encryption::{EncryptionState, EncryptionVersion, Permissions};
 
+    /// The file identifier in the trailer; encryption derives its key from it.
+    const ID: &str = "00112233445566778899aabbccddeeff";
+
     /// A one-page PDF with one line of Helvetica text, offsets computed as it is built.
     pub fn minimal_pdf(text: &str) -> Vec<u8> {
         let stream = format!("BT /F1 24 Tf 72 700 Td ({text}) Tj ET");
@@ -114,7 +117,7 @@ mod tests {
         }
         pdf.extend_from_slice(
             format!(
-                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                "trailer\n<< /Size {} /Root 1 0 R /ID [<{ID}> <{ID}>] >>\nstartxref\n{xref}\n%%EOF\n",
                 objects.len() + 1
             )
             .as_bytes(),
