@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tantivy::collector::{Count, DocSetCollector, TopDocs};
+use tantivy::columnar::{Column, StrColumn};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{QueryParser, TermQuery};
 use tantivy::schema::{
@@ -21,7 +22,9 @@ use tantivy::snippet::SnippetGenerator;
 use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocId, Index, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, TantivyDocument, Term,
+};
 
 /// The analyzer of the searchable text: words, lowercased, accents folded (so `cafe`
 /// finds `café`), with absurdly long tokens (base64 blobs, minified code) dropped.
@@ -206,39 +209,20 @@ impl SearchIndex {
             Term::from_field_text(self.fields.folder, &folder.to_string_lossy()),
             IndexRecordOption::Basic,
         );
-        let addresses = searcher.search(&query, &DocSetCollector)?;
+        let mut addresses: Vec<_> = searcher
+            .search(&query, &DocSetCollector)?
+            .into_iter()
+            .collect();
+        addresses.sort_unstable();
         let mut stamps = HashMap::with_capacity(addresses.len());
-        let mut columns = HashMap::new();
         let mut path = String::new();
-        for address in addresses {
-            if !columns.contains_key(&address.segment_ord) {
-                let fast = searcher.segment_reader(address.segment_ord).fast_fields();
-                let opened = (
-                    fast.str("path")?,
-                    fast.u64("size")?,
-                    fast.i64("mtime")?,
-                    fast.u64("hash")?,
-                );
-                columns.insert(address.segment_ord, opened);
+        for segment in addresses.chunk_by(|a, b| a.segment_ord == b.segment_ord) {
+            let columns = StampColumns::open(searcher.segment_reader(segment[0].segment_ord))?;
+            for address in segment {
+                if let Some(stamp) = columns.read(address.doc_id, &mut path)? {
+                    stamps.insert(path.clone(), stamp);
+                }
             }
-            let (paths, sizes, mtimes, hashes) = &columns[&address.segment_ord];
-            let Some(paths) = paths else { continue };
-            let Some(ord) = paths.term_ords(address.doc_id).next() else {
-                continue;
-            };
-            path.clear();
-            if !paths
-                .ord_to_str(ord, &mut path)
-                .map_err(tantivy::TantivyError::from)?
-            {
-                continue;
-            }
-            let stamp = FileStamp {
-                size: sizes.first(address.doc_id).unwrap_or(0),
-                mtime_ns: mtimes.first(address.doc_id).unwrap_or(0),
-                hash: hashes.first(address.doc_id).unwrap_or(0),
-            };
-            stamps.insert(path.clone(), stamp);
         }
         Ok(stamps)
     }
@@ -309,6 +293,45 @@ impl SearchIndex {
             total_hits,
             hits,
         })
+    }
+}
+
+/// The fast fields of one segment that make up a document's path and stamp.
+struct StampColumns {
+    paths: Option<StrColumn>,
+    sizes: Column<u64>,
+    mtimes: Column<i64>,
+    hashes: Column<u64>,
+}
+
+impl StampColumns {
+    fn open(segment: &SegmentReader) -> tantivy::Result<StampColumns> {
+        let fast = segment.fast_fields();
+        Ok(StampColumns {
+            paths: fast.str("path")?,
+            sizes: fast.u64("size")?,
+            mtimes: fast.i64("mtime")?,
+            hashes: fast.u64("hash")?,
+        })
+    }
+
+    /// The stamp of `doc`, its path written into `path`.
+    fn read(&self, doc: DocId, path: &mut String) -> tantivy::Result<Option<FileStamp>> {
+        let Some(paths) = &self.paths else {
+            return Ok(None);
+        };
+        let Some(ord) = paths.term_ords(doc).next() else {
+            return Ok(None);
+        };
+        path.clear();
+        if !paths.ord_to_str(ord, path)? {
+            return Ok(None);
+        }
+        Ok(Some(FileStamp {
+            size: self.sizes.first(doc).unwrap_or(0),
+            mtime_ns: self.mtimes.first(doc).unwrap_or(0),
+            hash: self.hashes.first(doc).unwrap_or(0),
+        }))
     }
 }
 
