@@ -41,11 +41,16 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()).min(8),
+        0 => std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(8),
         n => n,
     };
     let temp = tempfile::tempdir().expect("temporary folder");
-    let base = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let base = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     let corpus = base.join("corpus");
     let index_dir = base.join("index");
     let _ = std::fs::remove_dir_all(&corpus);
@@ -93,7 +98,10 @@ fn main() {
     let indexed = Rate::new(paths.len(), read_bytes, took);
     indexed.print("index (new)");
     let (results, took) = run();
-    assert_eq!(results["files_unchanged"].as_u64(), Some(paths.len() as u64));
+    assert_eq!(
+        results["files_unchanged"].as_u64(),
+        Some(paths.len() as u64)
+    );
     let reindexed = Rate::new(paths.len(), read_bytes, took);
     reindexed.print("re-index (unchanged)");
     println!(
@@ -185,7 +193,8 @@ fn generate(folder: &Path, files: usize, total_bytes: u64) -> (usize, u64) {
             let r = rng.next() % vocabulary.len() as u64;
             let rank = (r * r / vocabulary.len() as u64) as usize;
             text.push_str(&vocabulary[rank]);
-            text.push(if rng.next() % 12 == 0 { '\n' } else { ' ' });
+            let line_end = rng.next().is_multiple_of(12);
+            text.push(if line_end { '\n' } else { ' ' });
         }
         let (name, contents) = match i % 5 {
             0 | 1 => (format!("doc{i}.txt"), text),

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod hub;
 pub mod indexer;
+mod janitor;
 pub mod server;
 pub mod store;
 
@@ -20,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use api::AppState;
-use config::Config;
+use config::{Config, StoreKind};
 use hub::Hub;
 use indexer::Indexer;
-use store::{MemoryStore, Store, StoreError};
+use store::{MemoryStore, SqliteStore, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 impl Application {
     /// Binds the listener and opens the store the configuration names.
     pub async fn build(config: Config) -> Result<Application, StartError> {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.history as usize));
+        let store = open_store(&config)?;
         Self::build_with_store(config, store).await
     }
 
@@ -126,6 +127,15 @@ impl Application {
             tracing::info!("shutting down");
             trigger.cancel();
         });
+        let janitor = tokio::spawn(janitor::run(
+            state.hub.clone(),
+            janitor::JanitorConfig {
+                retention: std::time::Duration::from_secs(state.config.retention_secs),
+                stall_after: (state.config.stall_secs > 0)
+                    .then(|| std::time::Duration::from_secs(state.config.stall_secs)),
+            },
+            shutdown.clone(),
+        ));
         let router = api::router(state.clone());
         let options = server::ServeOptions {
             header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
@@ -139,6 +149,7 @@ impl Application {
             options,
         )
         .await;
+        let _ = janitor.await;
         // Jobs were told to stop when shutdown began; their tasks end as interrupted.
         state
             .indexer
@@ -150,6 +161,15 @@ impl Application {
         }
         tracing::info!("stopped");
     }
+}
+
+/// The store `config.store` names, opened (a SQLite file lives in the data directory).
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let history = config.history as usize;
+    Ok(match config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(history)),
+        StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir, history)?),
+    })
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

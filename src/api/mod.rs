@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod health;
 mod index;
+mod page;
 mod poll;
 mod sse;
 mod tasks;
@@ -57,6 +58,9 @@ pub fn router(state: AppState) -> Router {
         // The built-in indexing job.
         .route("/api/index-folder", post(index::index_folder))
         .route("/api/search", get(index::search))
+        // The bundled page and its assets.
+        .route("/", get(page::index))
+        .route("/static/{name}", get(page::asset))
         // Operations.
         .route("/healthz", get(health::healthz))
         .fallback(|| async { ApiError::NotFound("Not found".to_string()) })

@@ -59,4 +59,8 @@ impl Store for MemoryStore {
     fn flush(&self) -> FlushFuture {
         Box::pin(async { Ok(()) })
     }
+
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }

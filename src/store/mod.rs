@@ -6,15 +6,17 @@
 //! it keeps the encode-once rule all the way to disk.
 
 mod memory;
+mod sqlite;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, WriteStats};
 
 use crate::hub::{Event, TaskId};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -47,4 +49,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Resolves once everything recorded so far is durable.
     fn flush(&self) -> FlushFuture;
+
+    /// Whether the store can take writes right now (for `/readyz`).
+    fn is_healthy(&self) -> bool;
 }

@@ -7,67 +7,44 @@
 use std::io::{Cursor, Write};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use futures_util::StreamExt;
-use progress_hub::config::Config;
-use progress_hub::hub::{Hub, Status, TaskId};
-use progress_hub::Application;
+use progress_hub::hub::{Hub, Status};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 
-/// Generous: debug builds on a loaded 2-core machine are slow, and a bound only has to
-/// turn a hang into a failure.
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::helpers::{spawn_app_with, task_id, within, SseClient, TestApp};
 
+/// A server whose index root(s) are given and whose data directory is its own.
 struct Server {
-    base: String,
-    client: reqwest::Client,
-    hub: Hub,
-    stop: Option<oneshot::Sender<()>>,
-    stopped: tokio::task::JoinHandle<()>,
+    app: TestApp,
     _data: TempDir,
 }
 
-async fn spawn(roots: Vec<PathBuf>, tweak: impl FnOnce(&mut Config)) -> Server {
+async fn spawn(roots: Vec<PathBuf>) -> Server {
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config::for_tests();
-    config.data_dir = data.path().to_path_buf();
-    config.index_roots = roots;
-    config.max_file_bytes = 10_000;
-    config.index_threads = 2;
-    tweak(&mut config);
-    let app = Application::build(config).await.expect("server starts");
-    let base = format!("http://{}", app.local_addr());
-    let hub = app.hub().clone();
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let stopped = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stop_rx.await;
-    }));
-    Server {
-        base,
-        client: reqwest::Client::new(),
-        hub,
-        stop: Some(stop),
-        stopped,
-        _data: data,
-    }
+    let data_dir = data.path().to_path_buf();
+    let app = spawn_app_with(move |config| {
+        config.data_dir = data_dir;
+        config.index_roots = roots;
+        config.max_file_bytes = 10_000;
+        config.index_threads = 2;
+        // The default window: stages must show even when updates are merged.
+        config.coalesce_ms = 50;
+    })
+    .await;
+    Server { app, _data: data }
 }
 
 impl Server {
     async fn index(&self, folder: impl Into<Value>) -> reqwest::Response {
-        self.client
-            .post(format!("{}/api/index-folder", self.base))
-            .json(&json!({ "folder": folder.into() }))
-            .send()
+        self.app
+            .post("/api/index-folder", json!({ "folder": folder.into() }))
             .await
-            .unwrap()
     }
 
     /// Starts a job and returns its task id.
-    async fn start(&self, folder: &Path) -> String {
-        let response = self.index(folder.to_str().unwrap()).await;
+    async fn start(&self, folder: impl Into<Value>) -> String {
+        let response = self.index(folder).await;
         assert_eq!(response.status(), 202);
         let body: Value = response.json().await.unwrap();
         let id = body["task_id"].as_str().unwrap().to_string();
@@ -80,8 +57,9 @@ impl Server {
 
     async fn search(&self, q: &str) -> (u16, Value) {
         let response = self
+            .app
             .client
-            .get(format!("{}/api/search", self.base))
+            .get(self.app.url("/api/search"))
             .query(&[("q", q)])
             .send()
             .await
@@ -102,103 +80,52 @@ impl Server {
 
     /// Long-polls the task until it is terminal; returns its last snapshot.
     async fn wait_until_finished(&self, id: &str) -> Value {
-        let poll = async {
+        within(async {
             let mut since = 0;
             loop {
-                let snapshot: Value = self
-                    .client
-                    .get(format!("{}/api/index-progress/{id}", self.base))
-                    .query(&[("since", since.to_string()), ("wait", "10".to_string())])
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if ["completed", "failed", "cancelled"]
-                    .contains(&snapshot["status"].as_str().unwrap())
-                {
+                let path = format!("/api/index-progress/{id}?since={since}&wait=10");
+                let snapshot: Value = self.app.get(&path).await.json().await.unwrap();
+                let status = snapshot["status"].as_str().unwrap();
+                if ["completed", "failed", "cancelled"].contains(&status) {
                     return snapshot;
                 }
                 since = snapshot["seq"].as_u64().unwrap();
             }
-        };
-        tokio::time::timeout(PATIENCE, poll)
-            .await
-            .expect("the job ends")
+        })
+        .await
     }
 
-    async fn task(&self, id: &str) -> Value {
-        let url = format!("{}/api/tasks/{id}", self.base);
-        self.client
-            .get(url)
-            .send()
+    async fn status(&self, id: &str) -> Value {
+        let task: Value = self
+            .app
+            .get(&format!("/api/tasks/{id}"))
             .await
-            .unwrap()
             .json()
             .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) -> Hub {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(PATIENCE, &mut self.stopped)
-            .await
-            .expect("the server stops")
             .unwrap();
-        self.hub
+        task["status"].clone()
+    }
+
+    async fn stop(self) -> Hub {
+        let hub = self.app.hub.clone();
+        self.app.stop().await;
+        hub
     }
 }
 
-/// The `/api/events` stream, parsed into (event name, data) pairs.
-struct Events {
-    stream:
-        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buffer: String,
-}
+/// The `/api/events` stream, as (event name, data) pairs.
+struct Events(SseClient);
 
 impl Events {
     async fn open(server: &Server) -> Events {
-        let response = server
-            .client
-            .get(format!("{}/api/events", server.base))
-            .send()
-            .await
-            .unwrap();
+        let response = server.app.sse("/api/events", None).await;
         assert_eq!(response.status(), 200);
-        Events {
-            stream: Box::pin(response.bytes_stream()),
-            buffer: String::new(),
-        }
+        Events(SseClient::new(response))
     }
 
     async fn next(&mut self) -> (String, Value) {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let frame: String = self.buffer.drain(..end + 2).collect();
-                let mut name = String::from("message");
-                let mut data = None;
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("event: ") {
-                        name = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = Some(serde_json::from_str(v).unwrap());
-                    }
-                }
-                if let Some(data) = data {
-                    return (name, data);
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(PATIENCE, self.stream.next())
-                .await
-                .expect("an event arrives")
-                .expect("the stream stays open")
-                .unwrap();
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
+        let frame = self.0.next_event().await.expect("the stream stays open");
+        (frame.event.clone().unwrap_or_default(), frame.json())
     }
 
     /// Events of task `id` up to and including its terminal one.
@@ -217,7 +144,7 @@ impl Events {
         }
     }
 
-    /// Waits for the first event of task `id` that satisfies `condition`.
+    /// The first event of task `id` that satisfies `condition`.
     async fn until(&mut self, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
         loop {
             let (_, data) = self.next().await;
@@ -349,10 +276,10 @@ async fn indexes_every_format_and_accounts_for_every_file() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base_dir(&tmp);
     let docs = document_folder(&base);
-    let server = spawn(vec![base.join("root")], |_| {}).await;
+    let server = spawn(vec![base.join("root")]).await;
 
     let mut events = Events::open(&server).await;
-    let id = server.start(&docs).await;
+    let id = server.start(docs.to_str().unwrap()).await;
     let seen = events.until_finished(&id).await;
 
     // Every stage is published, in order, before the terminal event.
@@ -427,7 +354,7 @@ async fn indexes_every_format_and_accounts_for_every_file() {
 #[tokio::test]
 async fn search_rejects_bad_queries_with_the_parsers_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = spawn(vec![base_dir(&tmp)], |_| {}).await;
+    let server = spawn(vec![base_dir(&tmp)]).await;
     // Nothing indexed yet: an empty answer, not an error.
     assert!(server.hits("anything").await.is_empty());
     let (status, body) = server.search("body:(unclosed").await;
@@ -464,9 +391,9 @@ async fn reindexing_replaces_the_folder_and_skips_unchanged_files() {
             format!("note {i} mentions word{i}"),
         );
     }
-    let server = spawn(vec![base.clone()], |_| {}).await;
+    let server = spawn(vec![base.clone()]).await;
     let first = server
-        .wait_until_finished(&server.start(&folder).await)
+        .wait_until_finished(&server.start(folder.to_str().unwrap()).await)
         .await;
     assert_eq!(first["results"]["files_indexed"], 5);
 
@@ -494,7 +421,7 @@ async fn reindexing_replaces_the_folder_and_skips_unchanged_files() {
     assert_eq!(server.hits("word3").await.len(), 1);
 
     let third = server
-        .wait_until_finished(&server.start(&folder).await)
+        .wait_until_finished(&server.start(folder.to_str().unwrap()).await)
         .await;
     assert_eq!(third["results"]["files_unchanged"], 5);
     assert_eq!(third["results"]["files_indexed"], 0);
@@ -512,7 +439,7 @@ async fn folders_outside_the_roots_are_refused_whether_or_not_they_exist() {
     symlink(root.join("docs"), root.join("link-in")).unwrap();
     // The configured root itself is reached through a symlink: what counts is where it is.
     symlink(&root, base.join("root-alias")).unwrap();
-    let server = spawn(vec![base.join("root-alias")], |_| {}).await;
+    let server = spawn(vec![base.join("root-alias")]).await;
 
     let outside = base.join("outside");
     let forbidden = [
@@ -540,8 +467,9 @@ async fn folders_outside_the_roots_are_refused_whether_or_not_they_exist() {
     assert_eq!(server.index("").await.status(), 422);
     assert_eq!(server.index(5).await.status(), 422);
     let no_folder = server
+        .app
         .client
-        .post(format!("{}/api/index-folder", server.base))
+        .post(server.app.url("/api/index-folder"))
         .send()
         .await
         .unwrap();
@@ -587,10 +515,10 @@ async fn cancel_stops_a_large_job_and_leaves_the_index_as_it_was() {
     let base = base_dir(&tmp);
     many_files(&base.join("big"), 5_000, "quetzal");
     write(&base.join("small/one.txt"), "a single tapir");
-    let server = spawn(vec![base.clone()], |_| {}).await;
+    let server = spawn(vec![base.clone()]).await;
 
     let mut events = Events::open(&server).await;
-    let id = server.start(&base.join("big")).await;
+    let id = server.start(base.join("big").to_str().unwrap()).await;
     let midway = events
         .until(&id, |d| {
             d["detail"]["stage"] == "indexing" && d["processed"].as_u64() > Some(0)
@@ -601,11 +529,9 @@ async fn cancel_stops_a_large_job_and_leaves_the_index_as_it_was() {
         "{midway}"
     );
     let cancel = server
-        .client
-        .post(format!("{}/api/tasks/{id}/cancel", server.base))
-        .send()
-        .await
-        .unwrap();
+        .app
+        .post(&format!("/api/tasks/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(cancel.status(), 200);
     let (name, data) = events.until_finished(&id).await.pop().unwrap();
     assert_eq!(
@@ -615,7 +541,7 @@ async fn cancel_stops_a_large_job_and_leaves_the_index_as_it_was() {
 
     // The next job needs the writer the cancelled one held: it completes only once the
     // cancelled job has really stopped.
-    let next = server.start(&base.join("small")).await;
+    let next = server.start(base.join("small").to_str().unwrap()).await;
     let done = server.wait_until_finished(&next).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
@@ -623,7 +549,7 @@ async fn cancel_stops_a_large_job_and_leaves_the_index_as_it_was() {
         "rolled back: {done}"
     );
     assert!(server.hits("quetzal").await.is_empty());
-    assert_eq!(server.task(&id).await["status"], "cancelled");
+    assert_eq!(server.status(&id).await, "cancelled");
     server.stop().await;
 }
 
@@ -632,14 +558,14 @@ async fn a_job_running_at_shutdown_ends_failed_as_interrupted() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base_dir(&tmp);
     many_files(&base.join("big"), 5_000, "okapi");
-    let server = spawn(vec![base.clone()], |_| {}).await;
+    let server = spawn(vec![base.clone()]).await;
     let mut events = Events::open(&server).await;
-    let id = server.start(&base.join("big")).await;
+    let id = server.start(base.join("big").to_str().unwrap()).await;
     events
         .until(&id, |d| d["detail"]["stage"] == "indexing")
         .await;
     let hub = server.stop().await;
-    let task = hub.get(&TaskId::parse(&id).unwrap()).unwrap();
+    let task = hub.get(&task_id(&id)).unwrap();
     assert_eq!(task.status(), Status::Failed);
     let snapshot: Value = serde_json::from_slice(task.json().as_ref()).unwrap();
     assert_eq!(snapshot["error"], "interrupted by server shutdown");

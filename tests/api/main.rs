@@ -1,4 +1,13 @@
-//! The one integration-test binary: black-box tests against a server started in-process
-//! on port 0. Each module covers one surface.
+//! Black-box tests: a real server on port 0, real HTTP, SSE and WebSocket clients.
 
+mod helpers;
+
+mod binary;
+mod durability;
+mod errors;
 mod indexer;
+mod page;
+mod poll;
+mod shutdown;
+mod sse;
+mod ws;

@@ -1,0 +1,81 @@
+//! The installed binary: the ready line, a clean exit on SIGTERM, and the refusal to
+//! serve a non-loopback address without a token.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::helpers::within;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_progress-hub"));
+    command
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn prints_its_address_serves_and_exits_zero_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = binary()
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = within(lines.next_line())
+        .await
+        .unwrap()
+        .expect("a ready line");
+    let addr = line
+        .strip_prefix("listening on http://")
+        .expect("ready line format");
+    let health = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = within(child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn refuses_a_public_address_without_a_token() {
+    let output = within(binary().args(["--listen", "0.0.0.0:0"]).output())
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-unauthenticated"), "{stderr}");
+    assert!(stderr.contains("--api-token"), "{stderr}");
+}
+
+#[tokio::test]
+async fn help_lists_every_setting() {
+    let output = within(binary().arg("--help").output()).await.unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--index-root",
+        "--api-token",
+        "--allow-unauthenticated",
+        "--coalesce-ms",
+        "--heartbeat-secs",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}

@@ -1,0 +1,257 @@
+//! `spawn_app()` starts the server in-process on a free loopback port; `TestApp` wraps
+//! the typed requests the tests make, and `SseClient` reads an event stream frame by frame.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use progress_hub::config::{Config, StoreKind};
+use progress_hub::hub::{Hub, TaskId};
+use progress_hub::store::{MemoryStore, Store};
+use progress_hub::Application;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Every wait in the tests is bounded by this.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub hub: Hub,
+    pub config: Config,
+    /// The in-memory store, kept so a restart finds the same tasks; `None` when the server
+    /// opens its store from the data directory (SQLite), as a real restart does.
+    store: Option<Arc<dyn Store>>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = Config::for_tests();
+    config.coalesce_ms = 0;
+    configure(&mut config);
+    let store: Option<Arc<dyn Store>> = match config.store {
+        StoreKind::Memory => Some(Arc::new(MemoryStore::new(config.history as usize))),
+        StoreKind::Sqlite => None,
+    };
+    spawn_app_on(config, store).await
+}
+
+async fn spawn_app_on(config: Config, store: Option<Arc<dyn Store>>) -> TestApp {
+    let app = match &store {
+        Some(store) => Application::build_with_store(config.clone(), store.clone()).await,
+        None => Application::build(config.clone()).await,
+    }
+    .expect("server builds");
+    let addr = app.local_addr();
+    let hub = app.hub().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        hub,
+        config,
+        store,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// Creates a task with this id and total; panics unless the server says 201.
+    pub async fn create_task(&self, id: &str, total: u64) {
+        let response = self
+            .post("/api/tasks", json!({"id": id, "total": total}))
+            .await;
+        assert_eq!(response.status(), 201, "create {id}");
+    }
+
+    pub async fn progress(&self, id: &str, body: Value) -> reqwest::Response {
+        self.post(&format!("/api/tasks/{id}/progress"), body).await
+    }
+
+    pub async fn complete(&self, id: &str, results: Value) -> reqwest::Response {
+        self.post(
+            &format!("/api/tasks/{id}/complete"),
+            json!({ "results": results }),
+        )
+        .await
+    }
+
+    /// Opens the task's SSE stream, with an optional `Last-Event-ID`.
+    pub async fn sse(&self, path: &str, last_event_id: Option<u64>) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        request.send().await.expect("SSE GET")
+    }
+
+    /// Stops the server and starts a new one on the same store and configuration (a fresh
+    /// port when the configuration asked for port 0).
+    pub async fn restart(self) -> TestApp {
+        let (config, store) = (self.config.clone(), self.store.clone());
+        self.stop().await;
+        spawn_app_on(config, store).await
+    }
+
+    /// Stops the server and waits until it has finished shutting down.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            within(server).await.expect("server task");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn task_id(s: &str) -> TaskId {
+    TaskId::parse(s).expect("valid task id")
+}
+
+/// Awaits `future`, failing the test if it takes longer than [`TIMEOUT`].
+pub async fn within<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(TIMEOUT, future)
+        .await
+        .expect("timed out waiting")
+}
+
+/// Waits until `condition` holds, checking every few milliseconds, for at most [`TIMEOUT`].
+pub async fn wait_until(mut condition: impl FnMut() -> bool) {
+    within(async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// One parsed SSE frame.
+#[derive(Debug, Clone, Default)]
+pub struct SseFrame {
+    pub id: Option<u64>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    pub comment: Option<String>,
+}
+
+impl SseFrame {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().expect("data line")).expect("data is JSON")
+    }
+}
+
+/// Reads an SSE response frame by frame.
+pub struct SseClient {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: BytesMut,
+}
+
+impl SseClient {
+    pub fn new(response: reqwest::Response) -> Self {
+        SseClient {
+            body: response.bytes_stream().boxed(),
+            buffer: BytesMut::new(),
+        }
+    }
+
+    /// The next frame, or `None` once the server ended the stream.
+    pub async fn next_frame(&mut self) -> Option<SseFrame> {
+        loop {
+            if let Some(end) = find(&self.buffer, b"\n\n") {
+                let raw = self.buffer.split_to(end + 2);
+                return Some(parse_frame(&raw[..end]));
+            }
+            match within(self.body.next()).await {
+                Some(Ok(chunk)) => self.buffer.extend_from_slice(chunk.chunk()),
+                Some(Err(error)) => panic!("stream error: {error}"),
+                None => return None,
+            }
+        }
+    }
+
+    /// The next frame that carries an event (skipping `retry:` and comments).
+    pub async fn next_event(&mut self) -> Option<SseFrame> {
+        loop {
+            let frame = self.next_frame().await?;
+            if frame.data.is_some() {
+                return Some(frame);
+            }
+        }
+    }
+
+    /// Every remaining event until the server ends the stream.
+    pub async fn collect_events(&mut self) -> Vec<SseFrame> {
+        let mut events = Vec::new();
+        while let Some(frame) = self.next_event().await {
+            events.push(frame);
+        }
+        events
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_frame(raw: &[u8]) -> SseFrame {
+    let text = std::str::from_utf8(raw).expect("SSE is UTF-8");
+    let mut frame = SseFrame::default();
+    for line in text.split('\n') {
+        if let Some(comment) = line.strip_prefix(':') {
+            frame.comment = Some(comment.trim().to_string());
+            continue;
+        }
+        let (field, value) = line.split_once(": ").unwrap_or((line, ""));
+        match field {
+            "id" => frame.id = Some(value.parse().expect("numeric id")),
+            "event" => frame.event = Some(value.to_string()),
+            "data" => {
+                assert!(frame.data.is_none(), "one data line per event");
+                frame.data = Some(value.to_string());
+            }
+            "retry" => frame.retry = Some(value.parse().expect("numeric retry")),
+            other => panic!("unexpected SSE field {other:?}"),
+        }
+    }
+    frame
+}
