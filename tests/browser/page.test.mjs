@@ -250,7 +250,6 @@ test('the page rides out a server restart and shows the final state', { timeout:
 
 test('the form indexes a folder, and the finished index can be searched', {
   timeout: 90000,
-  todo: 'needs POST /api/index-folder and GET /api/search from branch indexer (not merged yet)',
 }, async (t) => {
   // The folder exists before the server starts: it checks its index roots at start-up.
   let docs;
