@@ -84,6 +84,11 @@ pub struct Config {
     #[arg(long, env = "PROGRESS_HUB_INDEX_THREADS", default_value_t = 0)]
     pub index_threads: usize,
 
+    /// Seconds between the indexer's checkpoint commits: work up to the last one survives
+    /// a cancel or a crash, and searches see it. 0 commits only when a job completes.
+    #[arg(long, env = "PROGRESS_HUB_INDEX_CHECKPOINT_SECS", default_value_t = 10)]
+    pub index_checkpoint_secs: u64,
+
     /// Bearer token that producers must send to write. Never logged.
     #[arg(long, env = "PROGRESS_HUB_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -143,6 +148,7 @@ impl Config {
             index_roots: Vec::new(),
             max_file_bytes: 64 * 1024 * 1024,
             index_threads: 0,
+            index_checkpoint_secs: 10,
             api_token: None,
             allow_unauthenticated: false,
             coalesce_ms: 50,
@@ -172,6 +178,11 @@ impl Config {
                 .min(8),
             n => n,
         }
+    }
+
+    /// How often an indexing job commits while it runs (`None`: only at its end).
+    pub fn index_checkpoint(&self) -> Option<Duration> {
+        (self.index_checkpoint_secs > 0).then(|| Duration::from_secs(self.index_checkpoint_secs))
     }
 
     /// Where the search index lives.

@@ -41,7 +41,9 @@ pub async fn run(config: Config, folder: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(Ok(JobEnd::Stopped)) => {
-            eprintln!("progress-hub: indexing cancelled; the index is unchanged");
+            eprintln!(
+                "progress-hub: indexing cancelled; the index keeps what was committed at the last checkpoint"
+            );
             ExitCode::from(130)
         }
         Ok(Err(error)) => {
@@ -68,6 +70,7 @@ fn index_folder(
         max_file_bytes: config.max_file_bytes,
         threads: config.index_threads(),
         exclude: std::fs::canonicalize(&config.data_dir).ok(),
+        checkpoint_every: config.index_checkpoint(),
     };
     let job = Job {
         index: &index,

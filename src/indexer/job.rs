@@ -3,8 +3,12 @@
 //! extraction threads that read, hash and extract files while the calling thread feeds
 //! the index writer and reports progress.
 //!
-//! The index changes all at once or not at all: a completed job commits, a cancelled or
-//! failed one rolls the writer back, so a search never sees half a folder.
+//! The index stays consistent whatever happens: the job commits at checkpoints and at its
+//! end, and a cancelled or failed job rolls the writer back to its last checkpoint. Every
+//! document then matches some version of its file; files not reached yet keep their
+//! earlier documents, and documents of files that are gone are removed when a job
+//! completes. Checkpoints make an interrupted job resumable: the next run finds the files
+//! it had committed unchanged. Without checkpoints a job changes the index all at once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -35,6 +39,8 @@ pub struct JobSettings {
     pub threads: usize,
     /// Never entered by the walk (the data directory, which holds the index itself).
     pub exclude: Option<PathBuf>,
+    /// Commit at least this often while indexing; `None` commits only at the end.
+    pub checkpoint_every: Option<Duration>,
 }
 
 impl JobSettings {
@@ -110,6 +116,7 @@ impl Job<'_> {
         let stop = self.cancel.child_token();
         let mut fatal: Option<String> = None;
         let mut last_report = Instant::now();
+        let mut last_checkpoint = Instant::now();
         self.for_each_processed(&files, &stamps, &stop, |entry, outcome| {
             let key = entry.path.to_string_lossy();
             match outcome {
@@ -143,6 +150,21 @@ impl Job<'_> {
             }
             progress.processed += 1;
             progress.current_file.clone_from(&entry.relative);
+            let checkpoint_due = self
+                .settings
+                .checkpoint_every
+                .is_some_and(|every| last_checkpoint.elapsed() >= every);
+            if checkpoint_due {
+                if let Err(error) = writer.commit() {
+                    fatal = Some(format!("cannot commit the index: {error}"));
+                    stop.cancel();
+                    return;
+                }
+                if let Err(error) = self.index.reload() {
+                    tracing::warn!(%error, "index reload failed");
+                }
+                last_checkpoint = Instant::now();
+            }
             if last_report.elapsed() >= REPORT_EVERY || progress.processed == progress.total {
                 last_report = Instant::now();
                 tally.fill(&mut progress);
@@ -331,5 +353,86 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 fn rollback(mut writer: tantivy::IndexWriter) {
     if let Err(error) = writer.rollback() {
         tracing::warn!(%error, "index rollback failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::indexer::report::{Silent, Stopped};
+
+    /// Cancels the job as soon as it reports a file done.
+    struct CancelAfterFirstFile(CancellationToken);
+
+    impl Report for CancelAfterFirstFile {
+        fn stage(&mut self, _: Stage, _: &Progress) -> Result<(), Stopped> {
+            Ok(())
+        }
+        fn progress(&mut self, stage: Stage, progress: &Progress) -> Result<(), Stopped> {
+            if stage == Stage::Indexing && progress.processed > 0 {
+                self.0.cancel();
+            }
+            Ok(())
+        }
+    }
+
+    fn cancelled_then_rerun(checkpoint_every: Option<Duration>) -> (u64, Value) {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = std::fs::canonicalize(tmp.path()).unwrap().join("docs");
+        std::fs::create_dir(&folder).unwrap();
+        for i in 0..300 {
+            std::fs::write(folder.join(format!("{i}.txt")), format!("file {i}")).unwrap();
+        }
+        let index = SearchIndex::open_or_create(&tmp.path().join("index")).unwrap();
+        let roots = IndexRoots::new(std::slice::from_ref(&folder)).unwrap();
+        let settings = JobSettings {
+            max_file_bytes: 1 << 20,
+            threads: 2,
+            exclude: None,
+            checkpoint_every,
+        };
+        let cancel = CancellationToken::new();
+        let job = Job {
+            index: &index,
+            roots: &roots,
+            folder: &folder,
+            settings: &settings,
+            cancel: &cancel,
+        };
+        assert!(matches!(
+            job.run(&mut CancelAfterFirstFile(cancel.clone())),
+            JobEnd::Stopped
+        ));
+        let kept = index.num_docs();
+        let fresh = CancellationToken::new();
+        let once = JobSettings {
+            checkpoint_every: None,
+            ..settings.clone()
+        };
+        let job = Job {
+            cancel: &fresh,
+            settings: &once,
+            ..job
+        };
+        match job.run(&mut Silent) {
+            JobEnd::Completed(results) => (kept, results),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn checkpoints_make_an_interrupted_job_resumable() {
+        let (kept, results) = cancelled_then_rerun(Some(Duration::ZERO));
+        assert!((1..300).contains(&kept), "{kept}");
+        assert_eq!(results["files_unchanged"], kept);
+        assert_eq!(results["files_indexed"], 300 - kept);
+        assert_eq!(results["documents_in_index"], 300);
+    }
+
+    #[test]
+    fn without_checkpoints_a_cancelled_job_leaves_the_index_as_it_was() {
+        let (kept, results) = cancelled_then_rerun(None);
+        assert_eq!(kept, 0);
+        assert_eq!(results["files_indexed"], 300);
     }
 }

@@ -52,6 +52,7 @@ struct Inner {
     data_dir: PathBuf,
     max_file_bytes: u64,
     threads: usize,
+    checkpoint_every: Option<Duration>,
     /// Opened on first use, so that a server that never indexes creates nothing on disk.
     index: Mutex<Option<Arc<SearchIndex>>>,
     /// tantivy allows one writer per index: one job runs at a time, the next waits here.
@@ -84,6 +85,7 @@ impl Indexer {
                 data_dir: config.data_dir.clone(),
                 max_file_bytes: config.max_file_bytes,
                 threads: config.index_threads(),
+                checkpoint_every: config.index_checkpoint(),
                 index: Mutex::new(None),
                 writer_slot: Arc::new(tokio::sync::Mutex::new(())),
                 jobs: Mutex::new(HashMap::new()),
@@ -113,6 +115,7 @@ impl Indexer {
             max_file_bytes: self.inner.max_file_bytes,
             threads: self.inner.threads,
             exclude: std::fs::canonicalize(&self.inner.data_dir).ok(),
+            checkpoint_every: self.inner.checkpoint_every,
         }
     }
 

@@ -8,6 +8,7 @@ use std::io::{Cursor, Write};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
+use progress_hub::config::Config;
 use progress_hub::hub::{Hub, Status};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -21,6 +22,13 @@ struct Server {
 }
 
 async fn spawn(roots: Vec<PathBuf>) -> Server {
+    spawn_with(roots, |_| {}).await
+}
+
+async fn spawn_with(
+    roots: Vec<PathBuf>,
+    tweak: impl FnOnce(&mut Config) + Send + 'static,
+) -> Server {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_path_buf();
     let app = spawn_app_with(move |config| {
@@ -30,6 +38,7 @@ async fn spawn(roots: Vec<PathBuf>) -> Server {
         config.index_threads = 2;
         // The default window: stages must show even when updates are merged.
         config.coalesce_ms = 50;
+        tweak(config);
     })
     .await;
     Server { app, _data: data }
@@ -515,7 +524,8 @@ async fn cancel_stops_a_large_job_and_leaves_the_index_as_it_was() {
     let base = base_dir(&tmp);
     many_files(&base.join("big"), 5_000, "quetzal");
     write(&base.join("small/one.txt"), "a single tapir");
-    let server = spawn(vec![base.clone()]).await;
+    // Without checkpoints a cancelled job leaves nothing of itself in the index.
+    let server = spawn_with(vec![base.clone()], |c| c.index_checkpoint_secs = 0).await;
 
     let mut events = Events::open(&server).await;
     let id = server.start(base.join("big").to_str().unwrap()).await;
