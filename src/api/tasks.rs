@@ -114,14 +114,14 @@ pub async fn cancel(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     body.finish()?;
-    let answer = finish(&state, &id, Outcome::Cancelled).await?;
-    // A built-in job would notice at its next report; this stops it at once.
-    state.indexer.cancel(&id);
-    Ok(answer)
+    finish(&state, &id, Outcome::Cancelled).await
 }
 
 async fn finish(state: &AppState, id: &TaskId, outcome: Outcome) -> Result<Response, ApiError> {
     let event = state.hub.finish(id, outcome).await?;
+    // A built-in job running this task would notice at its next report; this stops it at
+    // once, also in the middle of a long extraction.
+    state.indexer.cancel(id);
     tracing::debug!(task_id = %id, status = event.status().as_str(), "task finished");
     Ok(json_response(StatusCode::OK, event.json().clone()))
 }
