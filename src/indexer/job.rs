@@ -243,6 +243,7 @@ impl Job<'_> {
             let i = next.fetch_add(1, Ordering::Relaxed);
             files.get(i).map(|entry| (i, entry))
         };
+        extract::quiet_parser_panics();
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::sync_channel::<(usize, FileOutcome)>(threads * 4);
             let mut spawned = 0;
@@ -258,7 +259,7 @@ impl Job<'_> {
                     }
                 };
                 match std::thread::Builder::new()
-                    .name(format!("index-extract-{n}"))
+                    .name(format!("{}-{n}", extract::EXTRACTION_THREAD_PREFIX))
                     .spawn_scoped(scope, worker)
                 {
                     Ok(_) => spawned += 1,

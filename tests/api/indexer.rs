@@ -166,8 +166,13 @@ impl Events {
 
 /// A one-page PDF with one line of text, its cross-reference table computed as built.
 fn minimal_pdf(text: &str) -> Vec<u8> {
+    pdf_from_objects(&pdf_objects(text))
+}
+
+/// The objects of [`minimal_pdf`]: catalog, pages, page, content stream, font.
+fn pdf_objects(text: &str) -> Vec<String> {
     let stream = format!("BT /F1 24 Tf 72 700 Td ({text}) Tj ET");
-    let objects = [
+    vec![
         "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
         "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
         "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
@@ -178,7 +183,11 @@ fn minimal_pdf(text: &str) -> Vec<u8> {
             stream.len()
         ),
         "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
-    ];
+    ]
+}
+
+/// A well-formed file (header, objects, cross-reference table, trailer) around `objects`.
+fn pdf_from_objects(objects: &[String]) -> Vec<u8> {
     let mut pdf = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, body) in objects.iter().enumerate() {
@@ -252,6 +261,11 @@ fn document_folder(base: &Path) -> PathBuf {
         &docs.join("broken.pdf"),
         b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 9 0 R",
     );
+    // Well-formed, but its page uses a font object that is not there: the PDF library
+    // panics on it, which must fail this file only.
+    let mut fontless = pdf_objects("no font");
+    fontless.pop();
+    write(&docs.join("fontless.pdf"), pdf_from_objects(&fontless));
     write(
         &docs.join("blob.dat"),
         [0x7f, b'E', b'L', b'F', 0, 0, 1, 2, 0, 0xff],
@@ -302,7 +316,7 @@ async fn indexes_every_format_and_accounts_for_every_file() {
     assert_eq!(name, "completed", "{last}");
     assert_eq!(
         (last["processed"].as_u64(), last["total"].as_u64()),
-        (Some(12), Some(12))
+        (Some(13), Some(13))
     );
     for (_, data) in &seen {
         let file = data["current_file"].as_str().unwrap();
@@ -310,10 +324,10 @@ async fn indexes_every_format_and_accounts_for_every_file() {
     }
 
     let results = &last["results"];
-    assert_eq!(results["files_total"], 12, "{results}");
+    assert_eq!(results["files_total"], 13, "{results}");
     assert_eq!(results["files_indexed"], 7, "{results}");
     assert_eq!(results["files_skipped"], 4, "{results}");
-    assert_eq!(results["files_failed"], 1, "{results}");
+    assert_eq!(results["files_failed"], 2, "{results}");
     assert_eq!(results["files_unchanged"], 0, "{results}");
     assert_eq!(
         results["indexed_by_format"],
@@ -321,7 +335,8 @@ async fn indexes_every_format_and_accounts_for_every_file() {
     );
     assert_eq!(results["documents_in_index"], 7);
     assert_eq!(results["folder"], docs.to_str().unwrap());
-    assert!(reason_of(&results["failures"], "broken.pdf").contains("PDF"));
+    assert!(reason_of(&results["failures"], "broken.pdf").contains("unreadable PDF"));
+    assert!(reason_of(&results["failures"], "fontless.pdf").contains("pdf parser gave up"));
     let skipped = &results["skipped"];
     assert_eq!(reason_of(skipped, "blob.dat"), "binary file");
     assert_eq!(reason_of(skipped, "photo.png"), "unsupported format (.png)");

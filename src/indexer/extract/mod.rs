@@ -16,6 +16,7 @@ mod text;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::Once;
 
 use tokio_util::sync::CancellationToken;
 
@@ -215,6 +216,28 @@ pub fn extract(
         Format::Pdf => pdf::to_text(bytes, cancel),
         Format::Docx => docx::to_text(bytes, limits),
     })
+}
+
+/// Threads whose names start with this run extractions (see [`quiet_parser_panics`]).
+pub const EXTRACTION_THREAD_PREFIX: &str = "index-extract";
+
+/// Parser panics on hostile files are expected here and become failures of their file,
+/// with the panic message as the reason. The default panic hook would also print each one,
+/// with a backtrace, to stderr; this hook stays silent for the extraction threads and
+/// leaves every other thread to the hook that was there before. Installed once.
+pub fn quiet_parser_panics() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let extracting = std::thread::current()
+                .name()
+                .is_some_and(|name| name.starts_with(EXTRACTION_THREAD_PREFIX));
+            if !extracting {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Runs a parser so that its panic becomes an error of this file alone.
