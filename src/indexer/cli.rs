@@ -104,7 +104,7 @@ impl Report for BarReporter {
             Stage::Counting => self.bar.set_message("counting files"),
             Stage::Indexing => {
                 let style = ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} files  {per_sec}  eta {eta}  {wide_msg}",
+                    "{bar:30} {pos}/{len} files  {elapsed} (eta {eta})  {wide_msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
                 self.bar.set_style(style);

@@ -15,8 +15,8 @@ use tantivy::columnar::{Column, StrColumn};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{QueryParser, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
-    STORED, STRING,
+    Document, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions,
+    Value, STORED, STRING,
 };
 use tantivy::snippet::SnippetGenerator;
 use tantivy::tokenizer::{
@@ -195,7 +195,7 @@ impl SearchIndex {
 
     /// A writer with `threads` indexing threads. Only one can exist per index: it holds
     /// the index's lock file until dropped.
-    pub fn writer(&self, threads: usize) -> Result<IndexWriter, IndexError> {
+    pub(super) fn writer<D: Document>(&self, threads: usize) -> Result<IndexWriter<D>, IndexError> {
         let threads = threads.max(1);
         Ok(self
             .index
@@ -227,9 +227,8 @@ impl SearchIndex {
         Ok(stamps)
     }
 
-    /// Queues the replacement of `doc.path`'s document (visible at the next commit).
-    pub fn put(&self, writer: &IndexWriter, doc: &NewDocument<'_>) -> Result<(), IndexError> {
-        self.delete(writer, doc.path);
+    /// The tantivy document of a file.
+    pub(super) fn document(&self, doc: &NewDocument<'_>) -> TantivyDocument {
         let f = self.fields;
         let mut document = TantivyDocument::new();
         document.add_text(f.path, doc.path);
@@ -241,13 +240,12 @@ impl SearchIndex {
         document.add_u64(f.size, doc.stamp.size);
         document.add_i64(f.mtime, doc.stamp.mtime_ns);
         document.add_u64(f.hash, doc.stamp.hash);
-        writer.add_document(document)?;
-        Ok(())
+        document
     }
 
-    /// Queues the removal of the document of `path`.
-    pub fn delete(&self, writer: &IndexWriter, path: &str) {
-        writer.delete_term(Term::from_field_text(self.fields.path, path));
+    /// The term that names the document of `path` (for replacing or deleting it).
+    pub(super) fn path_term(&self, path: &str) -> Term {
+        Term::from_field_text(self.fields.path, path)
     }
 
     /// Makes the last commit visible to searches now.
@@ -338,6 +336,7 @@ impl StampColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::indexer::writer::WriteSession;
 
     fn stamp(n: u64) -> FileStamp {
         FileStamp {
@@ -351,7 +350,7 @@ mod tests {
     fn put_replace_search_and_stamps() {
         let tmp = tempfile::tempdir().unwrap();
         let index = SearchIndex::open_or_create(&tmp.path().join("index")).unwrap();
-        let mut writer = index.writer(1).unwrap();
+        let mut session = WriteSession::open(&index, 1).unwrap();
         for (path, body, n) in [
             ("/r/a/one.txt", "the quick brown fox", 1),
             ("/r/a/sub/two.txt", "a lazy café dog", 2),
@@ -364,10 +363,10 @@ mod tests {
                 body,
                 stamp: stamp(n),
             };
-            index.put(&writer, &doc).unwrap();
+            session.put(&doc).unwrap();
         }
-        writer.commit().unwrap();
-        index.reload().unwrap();
+        session.commit().unwrap();
+        assert_eq!(session.pending(), 0);
         assert_eq!(index.num_docs(), 3);
         let under_a = index.stamps_under(Path::new("/r/a")).unwrap();
         assert_eq!(under_a.len(), 2);
@@ -390,15 +389,15 @@ mod tests {
             body: "no animals",
             stamp: stamp(4),
         };
-        index.put(&writer, &doc).unwrap();
-        index.delete(&writer, "/r/a/one.txt");
-        writer.commit().unwrap();
-        index.reload().unwrap();
+        session.put(&doc).unwrap();
+        session.delete("/r/a/one.txt");
+        session.commit().unwrap();
         assert_eq!(index.num_docs(), 2);
         assert_eq!(index.search("fox", 10).unwrap().total_hits, 0);
         assert!(matches!(
             index.search("body:(", 10),
             Err(SearchError::BadQuery(_))
         ));
+        session.finish();
     }
 }

@@ -26,6 +26,7 @@ use super::report::{Progress, Report, Stage};
 use super::results::Tally;
 use super::roots::IndexRoots;
 use super::walk::{self, EntryKind, FileEntry};
+use super::writer::WriteSession;
 
 /// Progress reports at most this often; the hub coalesces further for its subscribers.
 const REPORT_EVERY: Duration = Duration::from_millis(10);
@@ -105,12 +106,14 @@ impl Job<'_> {
             Ok(stamps) => stamps,
             Err(error) => return JobEnd::Failed(format!("cannot read the index: {error}")),
         };
-        let mut writer = match self.index.writer(self.settings.writer_threads()) {
-            Ok(writer) => writer,
+        let mut session = match WriteSession::open(self.index, self.settings.writer_threads()) {
+            Ok(session) => session,
             Err(error) => return JobEnd::Failed(format!("cannot write the index: {error}")),
         };
         let mut tally = Tally::default();
         let mut kept: HashSet<String> = HashSet::with_capacity(files.len());
+        // Files with an outcome; those still in the writer's queue are not processed yet.
+        let mut accounted = 0;
         // Stops the extraction threads when the writer fails, without marking the job
         // as cancelled.
         let stop = self.cancel.child_token();
@@ -132,7 +135,7 @@ impl Job<'_> {
                         body: &text,
                         stamp,
                     };
-                    if let Err(error) = self.index.put(&writer, &doc) {
+                    if let Err(error) = session.put(&doc) {
                         fatal = Some(format!("index writer failed: {error}"));
                         stop.cancel();
                         return;
@@ -148,25 +151,23 @@ impl Job<'_> {
                 FileOutcome::Failed(reason) => tally.failed(&entry.relative, reason),
                 FileOutcome::Cancelled => return,
             }
-            progress.processed += 1;
+            accounted += 1;
             progress.current_file.clone_from(&entry.relative);
             let checkpoint_due = self
                 .settings
                 .checkpoint_every
                 .is_some_and(|every| last_checkpoint.elapsed() >= every);
             if checkpoint_due {
-                if let Err(error) = writer.commit() {
+                if let Err(error) = session.commit() {
                     fatal = Some(format!("cannot commit the index: {error}"));
                     stop.cancel();
                     return;
                 }
-                if let Err(error) = self.index.reload() {
-                    tracing::warn!(%error, "index reload failed");
-                }
                 last_checkpoint = Instant::now();
             }
-            if last_report.elapsed() >= REPORT_EVERY || progress.processed == progress.total {
+            if last_report.elapsed() >= REPORT_EVERY {
                 last_report = Instant::now();
+                progress.processed = accounted - session.pending();
                 tally.fill(&mut progress);
                 if reporter.progress(Stage::Indexing, &progress).is_err() {
                     self.cancel.cancel();
@@ -174,30 +175,35 @@ impl Job<'_> {
             }
         });
         if let Some(error) = fatal {
-            rollback(writer);
+            session.rollback();
             return JobEnd::Failed(error);
         }
+        // The indexing threads catch up with their queue; the files count as processed as
+        // they do.
         tally.fill(&mut progress);
+        while !self.cancel.is_cancelled() {
+            progress.processed = accounted - session.pending();
+            if reporter.progress(Stage::Indexing, &progress).is_err() {
+                self.cancel.cancel();
+            }
+            if progress.processed == accounted {
+                break;
+            }
+            std::thread::sleep(REPORT_EVERY);
+        }
         if self.cancel.is_cancelled() || reporter.stage(Stage::Committing, &progress).is_err() {
-            rollback(writer);
+            session.rollback();
             return JobEnd::Stopped;
         }
         for path in stamps.keys().filter(|p| !kept.contains(*p)) {
-            self.index.delete(&writer, path);
+            session.delete(path);
             tally.removed += 1;
         }
-        if let Err(error) = writer.commit() {
-            rollback(writer);
+        if let Err(error) = session.commit() {
+            session.rollback();
             return JobEnd::Failed(format!("cannot commit the index: {error}"));
         }
-        // Merges run in the background; waiting for them keeps segments from piling up
-        // over many jobs (dropping the writer would abandon them).
-        if let Err(error) = writer.wait_merging_threads() {
-            tracing::warn!(%error, "index merge failed");
-        }
-        if let Err(error) = self.index.reload() {
-            tracing::warn!(%error, "index reload failed");
-        }
+        session.finish();
         let documents = self.index.num_docs();
         JobEnd::Completed(tally.to_json(self.folder, progress.total, documents, started.elapsed()))
     }
@@ -348,12 +354,6 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         Ok(Ok(after)) => after.as_nanos() as i64,
         Ok(Err(before)) => -(before.duration().as_nanos() as i64),
         Err(_) => 0,
-    }
-}
-
-fn rollback(mut writer: tantivy::IndexWriter) {
-    if let Err(error) = writer.rollback() {
-        tracing::warn!(%error, "index rollback failed");
     }
 }
 

@@ -19,6 +19,7 @@ pub mod report;
 pub mod results;
 pub mod roots;
 pub mod walk;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
