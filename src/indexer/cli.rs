@@ -62,9 +62,13 @@ fn index_folder(
     folder: PathBuf,
     cancel: &CancellationToken,
 ) -> Result<JobEnd, String> {
-    let roots = IndexRoots::new(std::slice::from_ref(&folder))
-        .map_err(|e| format!("cannot index {}: {e}", folder.display()))?;
-    let folder = roots.as_slice()[0].clone();
+    let cannot = |why: &dyn std::fmt::Display| format!("cannot index {}: {why}", folder.display());
+    let canonical = std::fs::canonicalize(&folder).map_err(|e| cannot(&e))?;
+    if !canonical.is_dir() {
+        return Err(cannot(&"not a folder"));
+    }
+    let roots = IndexRoots::new(std::slice::from_ref(&canonical)).map_err(|e| cannot(&e))?;
+    let folder = canonical;
     let index = SearchIndex::open_or_create(&config.index_dir()).map_err(|e| e.to_string())?;
     let settings = JobSettings {
         max_file_bytes: config.max_file_bytes,
