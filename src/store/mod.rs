@@ -13,6 +13,7 @@ use std::pin::Pin;
 pub use memory::MemoryStore;
 
 use crate::hub::{Event, TaskId};
+pub use crate::telemetry::StoreMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,4 +51,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store can take writes right now (for `/readyz`).
     fn is_healthy(&self) -> bool;
+
+    /// Hands the store the handle it reports write latency into
+    /// (`progress_hub_store_write_seconds` on `/metrics`). Called once when the server
+    /// starts; a store that writes in the background keeps it (a `OnceLock` will do) and
+    /// calls [`StoreMetrics::record_write`] per write or batch. The default ignores it.
+    fn attach_metrics(&self, metrics: StoreMetrics) {
+        let _ = metrics;
+    }
 }
