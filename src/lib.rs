@@ -9,6 +9,7 @@ pub mod config;
 pub mod hub;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Security(#[from] api::SecurityError),
 }
 
 /// A bound, ready-to-run server.
@@ -62,8 +65,9 @@ impl Application {
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<Application, StartError> {
+        let security = api::Security::load(&config).await?;
         if !config.listen.ip().is_loopback()
-            && config.api_token.is_none()
+            && security.tokens.is_empty()
             && !config.allow_unauthenticated
         {
             return Err(StartError::Unauthenticated(config.listen));
@@ -76,12 +80,17 @@ impl Application {
             addr: config.listen,
             source,
         })?;
+        let metrics = telemetry::Metrics::new();
+        store.attach_metrics(metrics.store());
         let hub = Hub::new(config.hub(), store)?;
         let state = AppState {
             hub,
+            limits: Arc::new(api::Limits::new(&config, metrics.clone())),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            security: Arc::new(security),
+            metrics,
         };
         Ok(Application {
             listener,
@@ -114,6 +123,7 @@ impl Application {
         let options = server::ServeOptions {
             header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
             grace: state.config.shutdown_grace(),
+            open_connections: state.metrics.http_connections.clone(),
         };
         server::serve(
             self.listener,

@@ -2,25 +2,34 @@
 //! file and only talks to the hub.
 
 mod auth;
+mod cors;
 mod error;
 mod extract;
 mod health;
+mod limits;
 mod poll;
+mod read_token;
 mod sse;
 mod tasks;
 mod ws;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::option_layer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
+pub use auth::{Security, SecurityError};
 pub use error::ApiError;
+pub use limits::Limits;
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::telemetry::Metrics;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -31,6 +40,11 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Upgraded WebSockets live outside their HTTP connection; shutdown waits for them here.
     pub tracker: TaskTracker,
+    /// API tokens, read-token key, CORS origins.
+    pub security: Arc<Security>,
+    /// Subscriber and task limits.
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -52,7 +66,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{task_id}/cancel", post(tasks::cancel))
         // Operations.
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("Not found".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // A body that stalls is answered 408 (see extract.rs), not waited for forever.
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            state.config.idle_timeout_secs,
+        )))
+        .layer(option_layer(state.security.origins.layer()))
         .with_state(state)
 }
