@@ -139,7 +139,8 @@ pub struct SubscriberGuard {
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.gauge.decrement(1.0);
+        // The place is free before the gauge says so: whoever watches the gauge (a test,
+        // an operator) may count on it.
         let mut subs = lock(&self.limits.subscribers);
         subs.total = subs.total.saturating_sub(1);
         if let Some(id) = &self.task {
@@ -150,6 +151,8 @@ impl Drop for SubscriberGuard {
                 }
             }
         }
+        drop(subs);
+        self.gauge.decrement(1.0);
     }
 }
 
