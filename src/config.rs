@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::hub::HubConfig;
 
@@ -29,6 +29,15 @@ pub enum Command {
     Serve,
 }
 
+/// Where task state is kept.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A SQLite file in the data directory: tasks survive restarts.
+    Sqlite,
+    /// Process memory only: every task is gone when the process stops.
+    Memory,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (the chosen one is printed).
@@ -38,6 +47,18 @@ pub struct Config {
     /// Directory for the task database and the search index.
     #[arg(long, env = "PROGRESS_HUB_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// Where task state is kept.
+    #[arg(long, env = "PROGRESS_HUB_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+
+    /// Seconds a finished task is kept (in memory and in the store) before it is removed.
+    #[arg(long, env = "PROGRESS_HUB_RETENTION_SECS", default_value_t = 24 * 3600)]
+    pub retention_secs: u64,
+
+    /// Seconds without a report after which a running task is marked `stalled`; 0 never.
+    #[arg(long, env = "PROGRESS_HUB_STALL_SECS", default_value_t = 60)]
+    pub stall_secs: u64,
 
     /// Folders the built-in indexer may read (repeatable; the environment variable is
     /// `:`-separated). Defaults to the current directory.
@@ -145,10 +166,11 @@ pub struct Config {
 
 impl Config {
     /// The defaults, as `progress-hub` with no flags and no environment would run, but
-    /// listening on a free loopback port. For tests and embedding.
+    /// listening on a free loopback port and keeping tasks in memory. For tests.
     pub fn for_tests() -> Config {
         let mut config = Config::defaults();
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.store = StoreKind::Memory;
         config
     }
 
@@ -157,6 +179,9 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
+            store: StoreKind::Sqlite,
+            retention_secs: 24 * 3600,
+            stall_secs: 60,
             index_roots: Vec::new(),
             api_token: None,
             allow_unauthenticated: false,

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod hub;
+mod janitor;
 pub mod server;
 pub mod store;
 pub mod telemetry;
@@ -20,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use api::AppState;
-use config::Config;
+use config::{Config, StoreKind};
 use hub::Hub;
-use store::{MemoryStore, Store, StoreError};
+use store::{MemoryStore, SqliteStore, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 impl Application {
     /// Binds the listener and opens the store the configuration names.
     pub async fn build(config: Config) -> Result<Application, StartError> {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.history as usize));
+        let store = open_store(&config)?;
         Self::build_with_store(config, store).await
     }
 
@@ -119,6 +120,15 @@ impl Application {
             tracing::info!("shutting down");
             trigger.cancel();
         });
+        let janitor = tokio::spawn(janitor::run(
+            state.hub.clone(),
+            janitor::JanitorConfig {
+                retention: std::time::Duration::from_secs(state.config.retention_secs),
+                stall_after: (state.config.stall_secs > 0)
+                    .then(|| std::time::Duration::from_secs(state.config.stall_secs)),
+            },
+            shutdown.clone(),
+        ));
         let router = api::router(state.clone());
         let options = server::ServeOptions {
             header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
@@ -133,12 +143,22 @@ impl Application {
             options,
         )
         .await;
+        let _ = janitor.await;
         state.hub.flush_pending();
         if let Err(error) = state.hub.store().flush().await {
             tracing::error!(%error, "final store flush failed");
         }
         tracing::info!("stopped");
     }
+}
+
+/// The store `config.store` names, opened (a SQLite file lives in the data directory).
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let history = config.history as usize;
+    Ok(match config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(history)),
+        StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.data_dir, history)?),
+    })
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

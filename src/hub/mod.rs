@@ -273,8 +273,8 @@ impl Hub {
 
     /// Published snapshots, newest task first.
     pub fn list(&self, status: Option<Status>, limit: usize) -> Vec<Event> {
-        let cells: Vec<TaskRef> = self.read_map().values().cloned().collect();
-        let mut events: Vec<Event> = cells
+        let mut events: Vec<Event> = self
+            .cells()
             .iter()
             .map(|c| c.published())
             .filter(|e| status.is_none_or(|s| s == e.status()))
@@ -347,8 +347,7 @@ impl Hub {
 
     /// Publishes every change still waiting for its coalescing window (on shutdown).
     pub fn flush_pending(&self) {
-        let cells: Vec<TaskRef> = self.read_map().values().cloned().collect();
-        for cell in cells {
+        for cell in self.cells() {
             let mut st = cell.lock();
             if st.dirty {
                 self.shared.publish(&mut st);
@@ -365,6 +364,49 @@ impl Hub {
         }
         drop(tasks);
         self.shared.store.remove(ids);
+    }
+
+    /// Removes finished tasks whose last change is older than `retention`. Returns how many
+    /// went. Run periodically, this keeps memory flat however many tasks the server sees.
+    pub fn sweep_finished(&self, retention: Duration) -> usize {
+        let cutoff = time::now_ms().saturating_sub(retention.as_millis() as u64);
+        let expired: Vec<TaskId> = self
+            .cells()
+            .into_iter()
+            .filter(|cell| {
+                let st = cell.lock();
+                st.working.status.is_terminal() && st.working.updated_at_ms <= cutoff
+            })
+            .map(|cell| cell.lock().working.task_id.clone())
+            .collect();
+        if !expired.is_empty() {
+            self.remove(&expired);
+        }
+        expired.len()
+    }
+
+    /// Marks running tasks that have not reported for `after` as `stalled`, publishing the
+    /// change like any other. The next progress report clears the mark.
+    pub fn mark_stalled(&self, after: Duration) -> usize {
+        let cutoff = time::now_ms().saturating_sub(after.as_millis() as u64);
+        let mut marked = 0;
+        for cell in self.cells() {
+            let mut st = cell.lock();
+            let w = &st.working;
+            if w.status == Status::Processing && !w.stalled && w.updated_at_ms <= cutoff {
+                if !st.dirty {
+                    st.working.seq = st.published.seq() + 1;
+                }
+                st.working.stalled = true;
+                self.shared.publish(&mut st);
+                marked += 1;
+            }
+        }
+        marked
+    }
+
+    fn cells(&self) -> Vec<TaskRef> {
+        self.read_map().values().cloned().collect()
     }
 
     /// How many live subscribers (streams and long polls) a task has right now.

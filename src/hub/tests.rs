@@ -288,3 +288,51 @@ async fn a_rebuilt_hub_continues_seq_and_fails_interrupted_jobs() {
     let mut sub = hub.subscribe(&id("external"), Some(1)).unwrap().unwrap();
     assert_eq!(sub.next().await.unwrap().seq(), 2);
 }
+
+#[tokio::test]
+async fn stalled_tasks_are_marked_and_cleared_by_the_next_report() {
+    let hub = hub_with(0, 16);
+    let t = task(&hub, "slow");
+    let mut sub = hub.subscribe(&t, None).unwrap().unwrap();
+    assert_eq!(
+        hub.mark_stalled(Duration::ZERO),
+        0,
+        "pending tasks are not running yet"
+    );
+    hub.progress(&t, processed(1)).unwrap();
+    assert_eq!(
+        hub.mark_stalled(Duration::from_secs(3600)),
+        0,
+        "reported just now"
+    );
+    assert_eq!(hub.mark_stalled(Duration::ZERO), 1);
+    assert_eq!(hub.mark_stalled(Duration::ZERO), 0, "marked once");
+    sub.next().await.unwrap();
+    sub.next().await.unwrap();
+    let stalled = sub.next().await.unwrap();
+    assert_eq!(
+        (stalled.seq(), json(&stalled)["stalled"].as_bool()),
+        (3, Some(true))
+    );
+    hub.progress(&t, processed(2)).unwrap();
+    let resumed = sub.next().await.unwrap();
+    assert_eq!(
+        (resumed.seq(), json(&resumed)["stalled"].as_bool()),
+        (4, Some(false))
+    );
+}
+
+#[tokio::test]
+async fn the_sweeper_removes_only_finished_tasks_past_retention() {
+    let store = Arc::new(MemoryStore::new(16));
+    let hub = Hub::new(HubConfig::default(), store.clone()).unwrap();
+    let done = task(&hub, "done");
+    let running = task(&hub, "running");
+    hub.finish(&done, Outcome::Cancelled).await.unwrap();
+    assert_eq!(hub.sweep_finished(Duration::from_secs(3600)), 0);
+    assert_eq!(hub.sweep_finished(Duration::ZERO), 1);
+    assert!(hub.get(&done).is_none());
+    assert!(hub.get(&running).is_some());
+    let stored = store.load().unwrap();
+    assert_eq!(stored.len(), 1, "removed from the store too");
+}

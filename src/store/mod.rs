@@ -6,16 +6,18 @@
 //! it keeps the encode-once rule all the way to disk.
 
 mod memory;
+mod sqlite;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, WriteStats};
 
 use crate::hub::{Event, TaskId};
 pub use crate::telemetry::StoreMetrics;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
-use progress_hub::config::Config;
+use progress_hub::config::{Config, StoreKind};
 use progress_hub::hub::{Hub, TaskId};
 use progress_hub::store::{MemoryStore, Store};
 use progress_hub::Application;
@@ -24,7 +24,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub hub: Hub,
     pub config: Config,
-    pub store: Arc<dyn Store>,
+    /// The in-memory store, kept so a restart finds the same tasks; `None` when the server
+    /// opens its store from the data directory (SQLite), as a real restart does.
+    store: Option<Arc<dyn Store>>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -37,14 +39,19 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::for_tests();
     config.coalesce_ms = 0;
     configure(&mut config);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.history as usize));
+    let store: Option<Arc<dyn Store>> = match config.store {
+        StoreKind::Memory => Some(Arc::new(MemoryStore::new(config.history as usize))),
+        StoreKind::Sqlite => None,
+    };
     spawn_app_on(config, store).await
 }
 
-pub async fn spawn_app_on(config: Config, store: Arc<dyn Store>) -> TestApp {
-    let app = Application::build_with_store(config.clone(), store.clone())
-        .await
-        .expect("server builds");
+async fn spawn_app_on(config: Config, store: Option<Arc<dyn Store>>) -> TestApp {
+    let app = match &store {
+        Some(store) => Application::build_with_store(config.clone(), store.clone()).await,
+        None => Application::build(config.clone()).await,
+    }
+    .expect("server builds");
     let addr = app.local_addr();
     let hub = app.hub().clone();
     let (stop, stopped) = oneshot::channel::<()>();

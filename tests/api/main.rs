@@ -3,6 +3,7 @@
 mod helpers;
 
 mod binary;
+mod durability;
 mod errors;
 mod poll;
 mod shutdown;
