@@ -1,11 +1,16 @@
 //! Black-box tests: a real server on port 0, real HTTP, SSE and WebSocket clients.
 
 mod helpers;
+mod raw;
 
+mod bad_inputs;
 mod binary;
 mod durability;
 mod errors;
+mod limits;
+mod observability;
 mod poll;
+mod security;
 mod shutdown;
 mod sse;
 mod ws;
