@@ -152,3 +152,18 @@ async fn backoff_on_accept_error(error: io::Error) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn the_soft_open_files_limit_is_raised_to_the_hard_limit() {
+        super::raise_open_files_limit(0);
+        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        // Some systems cap the soft limit below an unlimited hard one; then it must at
+        // least have been raised as far as the system allows.
+        if hard != rlimit::INFINITY {
+            assert_eq!(soft, hard);
+        }
+    }
+}

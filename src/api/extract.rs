@@ -109,9 +109,14 @@ fn caused_by<E: std::error::Error + 'static>(error: &axum::Error) -> bool {
 pub struct Fields(Map<String, Value>);
 
 /// The largest integer a browser reads exactly.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub(crate) const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 impl Fields {
+    #[cfg(test)]
+    pub(crate) fn from_map(map: Map<String, Value>) -> Fields {
+        Fields(map)
+    }
+
     fn take(&mut self, name: &str) -> Option<Value> {
         self.0.remove(name).filter(|v| !v.is_null())
     }

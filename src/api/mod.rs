@@ -8,6 +8,8 @@ mod extract;
 mod health;
 mod limits;
 mod poll;
+#[cfg(test)]
+mod proptests;
 mod read_token;
 mod sse;
 mod tasks;
