@@ -11,7 +11,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
@@ -177,7 +177,7 @@ impl Metrics {
         describe(
             r,
             PUBLISH_TO_DELIVER_SECONDS,
-            "Time from publishing a change to writing it to a live subscriber.",
+            "Time from publishing a change to writing it to a live subscriber (one live frame in 16 per stream).",
         );
         let transport = |name: &'static str, t: Transport| key(name, &[("transport", t.as_str())]);
         let status = |s: Status| key(TASKS, &[("status", s.as_str())]);
@@ -214,7 +214,8 @@ impl Metrics {
         self.frames[transport.index()].increment(1);
     }
 
-    /// Time from publishing an event to writing it to a subscriber.
+    /// Time from publishing an event to writing it to a subscriber. Streams record
+    /// through a [`DeliverySampler`], not every frame.
     pub fn delivered_after(&self, latency: Duration) {
         self.delivery.record(latency.as_secs_f64());
     }
@@ -244,6 +245,46 @@ impl Metrics {
             gauge.set(count as f64);
         }
         self.recorder.handle().render()
+    }
+}
+
+/// Recording a latency costs far more than counting a frame (measured with
+/// `cargo run --release --example metrics_cost`: about 20 ns for the counter, 150 ns for
+/// counter and histogram on one thread, 350 ns on two contending threads), and the
+/// exporter holds every sample until it drains them. So each stream times one live
+/// frame in this many: the first, then every 16th.
+pub const DELIVERY_SAMPLE_EVERY: u32 = 16;
+
+/// One stream's view of the publish-to-deliver histogram: counts the frame, and times
+/// a sample of the frames that were live for this stream.
+pub struct DeliverySampler {
+    metrics: Arc<Metrics>,
+    transport: Transport,
+    /// Events published before this were history or the snapshot when the stream
+    /// opened; their age is no delivery latency.
+    opened: Instant,
+    live: u32,
+}
+
+impl DeliverySampler {
+    pub fn new(metrics: Arc<Metrics>, transport: Transport) -> Self {
+        DeliverySampler {
+            metrics,
+            transport,
+            opened: Instant::now(),
+            live: 0,
+        }
+    }
+
+    /// A frame of an event published at `published_at` was just written.
+    pub fn delivered(&mut self, published_at: Instant) {
+        self.metrics.frame_delivered(self.transport);
+        if published_at >= self.opened {
+            if self.live.is_multiple_of(DELIVERY_SAMPLE_EVERY) {
+                self.metrics.delivered_after(published_at.elapsed());
+            }
+            self.live = self.live.wrapping_add(1);
+        }
     }
 }
 

@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -30,7 +29,7 @@ use super::read_token::ReadableTask;
 use super::AppState;
 use crate::config::Config;
 use crate::hub::{AllSubscription, Subscription};
-use crate::telemetry::{Metrics, Transport};
+use crate::telemetry::{DeliverySampler, Transport};
 
 /// How long EventSource waits before reconnecting after the stream ends.
 const RETRY_MS: u64 = 2000;
@@ -140,11 +139,7 @@ struct StreamState<S> {
     prelude: Option<Bytes>,
     /// The stream's maximum life (`--max-stream-secs`).
     end_of_life: Pin<Box<dyn Future<Output = ()> + Send>>,
-    metrics: Arc<Metrics>,
-    transport: Transport,
-    /// Only events published after this were live for this stream: older ones are
-    /// history or snapshot, whose age is no delivery latency.
-    opened: std::time::Instant,
+    delivery: DeliverySampler,
     /// Held for its `Drop`: frees the subscriber's place.
     _place: SubscriberGuard,
 }
@@ -164,9 +159,7 @@ fn event_stream<S: FrameSource>(
         timer: Box::pin(tokio::time::sleep(heartbeat)),
         prelude: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
         end_of_life: Box::pin(until(end_of_life(&state.config))),
-        metrics: state.metrics.clone(),
-        transport,
-        opened: std::time::Instant::now(),
+        delivery: DeliverySampler::new(state.metrics.clone(), transport),
         _place: place,
     };
     let frames = stream::unfold(st, |mut st| async move {
@@ -182,10 +175,7 @@ fn event_stream<S: FrameSource>(
                 frame = st.source.next_frame() => {
                     let frame = frame?;
                     st.last_write = Instant::now();
-                    st.metrics.frame_delivered(st.transport);
-                    if frame.published_at >= st.opened {
-                        st.metrics.delivered_after(frame.published_at.elapsed());
-                    }
+                    st.delivery.delivered(frame.published_at);
                     return Some((Ok(frame.bytes), st));
                 }
                 _ = st.timer.as_mut() => {

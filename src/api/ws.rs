@@ -22,7 +22,7 @@ use super::read_token::ReadableTask;
 use super::sse::{end_of_life, last_event_id, until, ResumeQuery};
 use super::AppState;
 use crate::hub::Subscription;
-use crate::telemetry::{Metrics, Transport};
+use crate::telemetry::{DeliverySampler, Metrics, Transport};
 
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -85,7 +85,7 @@ async fn run(mut socket: WebSocket, subscription: Option<Subscription>, st: Sock
     let heartbeat = st.heartbeat;
     let start = tokio::time::Instant::now() + heartbeat;
     let mut ping = tokio::time::interval_at(start, heartbeat);
-    let opened = std::time::Instant::now();
+    let mut delivery = DeliverySampler::new(st.metrics.clone(), Transport::WebSocket);
     let end_of_life = until(st.end_of_life);
     tokio::pin!(end_of_life);
     loop {
@@ -115,10 +115,7 @@ async fn run(mut socket: WebSocket, subscription: Option<Subscription>, st: Sock
                 if socket.send(Message::Text(text)).await.is_err() {
                     return;
                 }
-                st.metrics.frame_delivered(Transport::WebSocket);
-                if event.published_at() >= opened {
-                    st.metrics.delivered_after(event.published_at().elapsed());
-                }
+                delivery.delivered(event.published_at());
                 if event.is_terminal() {
                     return close(socket, 1000, "task finished").await;
                 }

@@ -173,9 +173,13 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     assert!(after["progress_hub_updates_coalesced_total"] >= 1.0);
     assert_eq!(after["progress_hub_tasks{status=\"completed\"}"], 1.0);
     assert_eq!(after["progress_hub_tasks{status=\"processing\"}"], 0.0);
-    // Live events were timed from publish to delivery (the snapshot was not).
-    assert!(after["progress_hub_publish_to_deliver_seconds_count"] >= 2.0);
-    assert!(after["progress_hub_publish_to_deliver_seconds_bucket{le=\"+Inf\"}"] >= 2.0);
+    // The first live event was timed from publish to delivery (the snapshot was not;
+    // later ones are sampled, one in 16 per stream).
+    assert_eq!(after["progress_hub_publish_to_deliver_seconds_count"], 1.0);
+    assert_eq!(
+        after["progress_hub_publish_to_deliver_seconds_bucket{le=\"+Inf\"}"],
+        1.0
+    );
     wait_for_metric(&app, "progress_hub_connections{transport=\"sse\"}", |n| {
         n == 0.0
     })
