@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod health;
 mod limits;
+mod page;
 mod poll;
 #[cfg(test)]
 mod proptests;
@@ -66,6 +67,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{task_id}/complete", post(tasks::complete))
         .route("/api/tasks/{task_id}/fail", post(tasks::fail))
         .route("/api/tasks/{task_id}/cancel", post(tasks::cancel))
+        // The bundled page and its assets.
+        .route("/", get(page::index))
+        .route("/static/{name}", get(page::asset))
         // Operations.
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -59,7 +59,7 @@ impl AllTasks {
     pub fn new(history_len: usize, channel_capacity: usize) -> Self {
         AllTasks {
             state: Mutex::new(AllState {
-                last_id: 0,
+                last_id: first_id(),
                 history: VecDeque::new(),
                 latest: HashMap::new(),
                 tx: broadcast::channel(channel_capacity).0,
@@ -116,6 +116,15 @@ impl AllTasks {
             stats,
         }
     }
+}
+
+/// Ids on this stream must keep rising across restarts, or a dashboard resuming with an id
+/// from before the restart would be replayed the wrong events. Starting each process at
+/// its start time in milliseconds times 1000 does that without storing a counter, as long
+/// as the server publishes fewer than a thousand events per millisecond on average over
+/// its uptime; and it stays below 2^53 (exact in JavaScript) until the 23rd century.
+fn first_id() -> u64 {
+    super::time::now_ms().saturating_mul(1000)
 }
 
 /// The newest event of each task changed after `after`, in id order. Finished tasks are

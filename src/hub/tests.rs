@@ -336,3 +336,18 @@ async fn the_sweeper_removes_only_finished_tasks_past_retention() {
     let stored = store.load().unwrap();
     assert_eq!(stored.len(), 1, "removed from the store too");
 }
+
+#[tokio::test]
+async fn all_stream_ids_keep_rising_across_a_restart() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(16));
+    let before = {
+        let hub = Hub::new(HubConfig::default(), store.clone()).unwrap();
+        task(&hub, "a");
+        hub.subscribe_all(None).next().await.id()
+    };
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let hub = Hub::new(HubConfig::default(), store).unwrap();
+    let after = hub.subscribe_all(None).next().await.id();
+    assert!(after > before, "{after} must be above {before}");
+    assert!(after < (1 << 53), "ids stay exact in JavaScript");
+}

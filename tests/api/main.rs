@@ -9,6 +9,7 @@ mod durability;
 mod errors;
 mod limits;
 mod observability;
+mod page;
 mod poll;
 mod security;
 mod shutdown;
