@@ -196,3 +196,22 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
         replays + 1.0
     );
 }
+
+#[tokio::test]
+async fn the_sqlite_store_reports_its_write_latency() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let app = spawn_app_with(move |c| {
+        c.store = progress_hub::config::StoreKind::Sqlite;
+        c.data_dir = dir;
+    })
+    .await;
+    let series = "progress_hub_store_write_seconds_count";
+    assert_eq!(metric(&app, series).await, 0.0);
+    app.create_task("w", 1).await;
+    // A terminal change is committed before the producer's answer.
+    assert_eq!(app.complete("w", json!(null)).await.status(), 200);
+    assert!(metric(&app, series).await >= 1.0);
+    let body: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(body["store"], "sqlite");
+}
