@@ -47,7 +47,10 @@ pub async fn poll(
             // A waiting poll holds a subscriber's place like a stream does.
             let _place = state.limits.subscribe(Transport::LongPoll, Some(&id))?;
             tokio::select! {
-                event = hub.wait_for_change(&id, since, Duration::from_secs_f64(wait)) => event?,
+                event = hub.wait_for_change(&id, since, Duration::from_secs_f64(wait)) => {
+                    state.metrics.frame_delivered(Transport::LongPoll);
+                    event?
+                }
                 // A stopping server answers at once with what it has.
                 _ = state.shutdown.cancelled() => hub.get(&id).ok_or(ApiError::TaskNotFound)?,
             }
