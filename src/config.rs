@@ -106,6 +106,12 @@ pub struct Config {
     #[arg(long, env = "PROGRESS_HUB_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
 
+    /// Seconds between a shutdown signal and closing the listener, while `/readyz` already
+    /// answers 503 and everything else is still served: time for a load balancer to stop
+    /// sending new clients. 0 closes at once.
+    #[arg(long, env = "PROGRESS_HUB_SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
+    pub shutdown_drain_secs: u64,
+
     // Limits, security and observability (issue 5). Each limit is answered clearly when
     // reached: 503 + Retry-After for subscribers, 429 + Retry-After for tasks.
     /// File of producer tokens, one per line: the token, then optionally whitespace and a
@@ -192,6 +198,7 @@ impl Config {
             max_body_bytes: 64 * 1024,
             header_timeout_secs: 10,
             shutdown_grace_secs: 5,
+            shutdown_drain_secs: 0,
             api_token_file: None,
             protect_reads: false,
             cors_origins: Vec::new(),

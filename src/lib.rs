@@ -89,6 +89,7 @@ impl Application {
             limits: Arc::new(api::Limits::new(&config, metrics.clone())),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             tracker: TaskTracker::new(),
             security: Arc::new(security),
             metrics,
@@ -114,9 +115,15 @@ impl Application {
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) {
         let state = self.state;
         let shutdown = state.shutdown.clone();
-        let trigger = shutdown.clone();
+        let (trigger, draining) = (shutdown.clone(), state.draining.clone());
+        let drain = std::time::Duration::from_secs(state.config.shutdown_drain_secs);
         tokio::spawn(async move {
             stop.await;
+            draining.cancel();
+            if !drain.is_zero() {
+                tracing::info!(?drain, "not ready; draining before shutdown");
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!("shutting down");
             trigger.cancel();
         });

@@ -41,6 +41,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Cancelled when the server starts shutting down; every stream watches it.
     pub shutdown: CancellationToken,
+    /// Cancelled as soon as a shutdown signal arrives, before `shutdown` (which waits for
+    /// the drain period): `/readyz` turns 503 while streams are still served.
+    pub draining: CancellationToken,
     /// Upgraded WebSockets live outside their HTTP connection; shutdown waits for them here.
     pub tracker: TaskTracker,
     /// API tokens, read-token key, CORS origins.

@@ -79,6 +79,29 @@ impl Store for FlakyStore {
 }
 
 #[tokio::test]
+async fn with_a_drain_period_readyz_fails_first_while_everything_else_still_serves() {
+    let mut app = spawn_app_with(|c| c.shutdown_drain_secs = 2).await;
+    app.create_task("d", 1).await;
+    let mut stream = SseClient::new(app.sse("/api/index-progress/d/events", None).await);
+    stream.next_event().await.unwrap();
+    app.signal_stop();
+    within(async {
+        while app.get("/readyz").await.status() != 503 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // New connections are still accepted and served, open streams still flow.
+    let fresh = reqwest::Client::new();
+    let health = fresh.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    app.complete("d", json!(null)).await;
+    let end = stream.next_event().await.unwrap();
+    assert_eq!(end.event.as_deref(), Some("completed"));
+    within(app.stop()).await;
+}
+
+#[tokio::test]
 async fn readyz_follows_the_store() {
     let store = Arc::new(FlakyStore {
         inner: MemoryStore::new(16),
