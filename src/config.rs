@@ -125,6 +125,69 @@ pub struct Config {
     /// Seconds that shutdown waits for open connections before closing them.
     #[arg(long, env = "PROGRESS_HUB_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
+
+    /// Seconds between a shutdown signal and closing the listener, while `/readyz` already
+    /// answers 503 and everything else is still served: time for a load balancer to stop
+    /// sending new clients. 0 closes at once.
+    #[arg(long, env = "PROGRESS_HUB_SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
+    pub shutdown_drain_secs: u64,
+
+    // Limits, security and observability (issue 5). Each limit is answered clearly when
+    // reached: 503 + Retry-After for subscribers, 429 + Retry-After for tasks.
+    /// File of producer tokens, one per line: the token, then optionally whitespace and a
+    /// label for logs and per-token limits. Blank lines and lines starting with `#` are
+    /// skipped. Works beside --api-token; tokens are never logged.
+    #[arg(long, env = "PROGRESS_HUB_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Require a per-task read token (returned when the task is created) to follow a task,
+    /// and an API token for the listings (`GET /api/tasks`, `GET /api/events`).
+    #[arg(long, env = "PROGRESS_HUB_PROTECT_READS")]
+    pub protect_reads: bool,
+
+    /// Browser origin allowed to call the API cross-origin and to open WebSockets, such as
+    /// `https://app.example.com` (repeatable; the environment variable is `,`-separated).
+    #[arg(
+        long = "cors-origin",
+        env = "PROGRESS_HUB_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Open streams and long polls one task may have; more get 503.
+    #[arg(long, env = "PROGRESS_HUB_MAX_SUBSCRIBERS_PER_TASK", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_subscribers_per_task: u64,
+
+    /// Open streams and long polls in total (SSE, WebSocket, the all-tasks stream, long
+    /// polls); more get 503.
+    #[arg(long, env = "PROGRESS_HUB_MAX_SUBSCRIBERS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_subscribers: u64,
+
+    /// Tasks the server holds, finished ones included until retention removes them; a
+    /// create beyond it gets 429.
+    #[arg(long, env = "PROGRESS_HUB_MAX_TASKS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tasks: u64,
+
+    /// Unfinished tasks one producer token may have at once; a create beyond it gets 429.
+    /// Without tokens all producers share one allowance.
+    #[arg(long, env = "PROGRESS_HUB_MAX_UNFINISHED_TASKS_PER_TOKEN", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unfinished_tasks_per_token: u64,
+
+    /// Longest life of one SSE or WebSocket stream, in seconds; each ends at a random
+    /// moment in the last tenth of it so that reconnects spread out, and the client
+    /// resumes with Last-Event-ID. 0: no limit.
+    #[arg(long, env = "PROGRESS_HUB_MAX_STREAM_SECS", default_value_t = 3_600)]
+    pub max_stream_secs: u64,
+
+    /// Largest WebSocket message accepted from a client, in bytes (clients only send
+    /// control frames).
+    #[arg(long, env = "PROGRESS_HUB_WS_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024, value_parser = clap::value_parser!(u64).range(125..=1_048_576))]
+    pub ws_max_message_bytes: u64,
+
+    /// Seconds a request body may stall before the request is answered 408. Idle
+    /// keep-alive connections are closed after --header-timeout-secs.
+    #[arg(long, env = "PROGRESS_HUB_IDLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
 }
 
 impl Config {
@@ -158,6 +221,17 @@ impl Config {
             max_body_bytes: 64 * 1024,
             header_timeout_secs: 10,
             shutdown_grace_secs: 5,
+            shutdown_drain_secs: 0,
+            api_token_file: None,
+            protect_reads: false,
+            cors_origins: Vec::new(),
+            max_subscribers_per_task: 1_000,
+            max_subscribers: 10_000,
+            max_tasks: 100_000,
+            max_unfinished_tasks_per_token: 1_000,
+            max_stream_secs: 3_600,
+            ws_max_message_bytes: 4 * 1024,
+            idle_timeout_secs: 30,
         }
     }
 
@@ -196,6 +270,11 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// `None` when streams may live forever.
+    pub fn max_stream_life(&self) -> Option<Duration> {
+        (self.max_stream_secs > 0).then(|| Duration::from_secs(self.max_stream_secs))
     }
 }
 

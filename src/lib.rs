@@ -11,6 +11,7 @@ pub mod indexer;
 mod janitor;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Security(#[from] api::SecurityError),
     #[error("{0}")]
     IndexRoots(std::io::Error),
 }
@@ -67,8 +70,9 @@ impl Application {
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<Application, StartError> {
+        let security = api::Security::load(&config).await?;
         if !config.listen.ip().is_loopback()
-            && config.api_token.is_none()
+            && security.tokens.is_empty()
             && !config.allow_unauthenticated
         {
             return Err(StartError::Unauthenticated(config.listen));
@@ -81,6 +85,8 @@ impl Application {
             addr: config.listen,
             source,
         })?;
+        let metrics = telemetry::Metrics::new();
+        store.attach_metrics(metrics.store());
         let hub = Hub::new(config.hub(), store)?;
         let indexer = {
             let config = config.clone();
@@ -92,9 +98,13 @@ impl Application {
         let state = AppState {
             hub,
             indexer,
+            limits: Arc::new(api::Limits::new(&config, metrics.clone())),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            security: Arc::new(security),
+            metrics,
         };
         Ok(Application {
             listener,
@@ -121,9 +131,15 @@ impl Application {
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) {
         let state = self.state;
         let shutdown = state.shutdown.clone();
-        let trigger = shutdown.clone();
+        let (trigger, draining) = (shutdown.clone(), state.draining.clone());
+        let drain = std::time::Duration::from_secs(state.config.shutdown_drain_secs);
         tokio::spawn(async move {
             stop.await;
+            draining.cancel();
+            if !drain.is_zero() {
+                tracing::info!(?drain, "not ready; draining before shutdown");
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!("shutting down");
             trigger.cancel();
         });
@@ -140,6 +156,7 @@ impl Application {
         let options = server::ServeOptions {
             header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
             grace: state.config.shutdown_grace(),
+            open_connections: state.metrics.http_connections.clone(),
         };
         server::serve(
             self.listener,

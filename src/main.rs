@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    progress_hub::server::raise_open_files_limit(config.max_subscribers);
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error) => {

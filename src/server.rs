@@ -19,6 +19,8 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// How long shutdown waits for open connections and upgraded sockets.
     pub grace: Duration,
+    /// Counts open TCP connections (`progress_hub_http_connections`).
+    pub open_connections: metrics::Gauge,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains. Upgraded
@@ -54,7 +56,9 @@ pub async fn serve(
             .with_upgrades();
         let shutdown = shutdown.clone();
         let grace = options.grace;
+        let open = OpenConnection::new(&options.open_connections);
         connections.spawn(async move {
+            let _open = open;
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {
@@ -85,6 +89,56 @@ pub async fn serve(
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every stream is a socket, and
+/// the usual soft default (1024) would cap a server at about a thousand subscribers.
+/// Logs both limits, and warns when `subscribers` would not fit.
+pub fn raise_open_files_limit(subscribers: u64) {
+    #[cfg(unix)]
+    {
+        let (soft_before, hard) = match rlimit::Resource::NOFILE.get() {
+            Ok(limits) => limits,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the open files limit");
+                return;
+            }
+        };
+        let soft = match rlimit::increase_nofile_limit(hard) {
+            Ok(soft) => soft,
+            Err(error) => {
+                tracing::warn!(%error, soft = soft_before, hard, "cannot raise the open files limit");
+                soft_before
+            }
+        };
+        tracing::info!(soft_before, soft, hard, "open files limit");
+        // A margin for the listener, the store and logs.
+        if soft < subscribers.saturating_add(64) {
+            tracing::warn!(
+                soft,
+                max_subscribers = subscribers,
+                "the open files limit is below --max-subscribers; raise the hard limit (ulimit -Hn)"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = subscribers;
+}
+
+/// One open connection in the gauge, for as long as this lives.
+struct OpenConnection(metrics::Gauge);
+
+impl OpenConnection {
+    fn new(gauge: &metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Errors of one connection (reset before accept) are the client's; running out of file
 /// descriptors is ours, and retrying at once would spin, so wait a little.
 async fn backoff_on_accept_error(error: io::Error) {
@@ -95,6 +149,21 @@ async fn backoff_on_accept_error(error: io::Error) {
         _ => {
             tracing::warn!(%error, "accept failed; backing off");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn the_soft_open_files_limit_is_raised_to_the_hard_limit() {
+        super::raise_open_files_limit(0);
+        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        // Some systems cap the soft limit below an unlimited hard one; then it must at
+        // least have been raised as far as the system allows.
+        if hard != rlimit::INFINITY {
+            assert_eq!(soft, hard);
         }
     }
 }

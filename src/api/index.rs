@@ -7,14 +7,14 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::auth::Producer;
+use super::auth::{Lister, Producer};
 use super::error::{json_response, ApiError};
 use super::extract::{ApiQuery, JsonBody};
-use super::tasks::started;
+use super::tasks::started_for;
 use super::AppState;
 use crate::indexer::index::SearchError;
 use crate::indexer::roots::FolderError;
-use crate::indexer::SearchFailure;
+use crate::indexer::{Indexer, SearchFailure};
 
 /// Longest accepted `folder`, in bytes (Linux's PATH_MAX).
 const MAX_FOLDER_BYTES: usize = 4096;
@@ -24,7 +24,7 @@ const MAX_SEARCH_LIMIT: usize = 100;
 const MAX_QUERY_BYTES: usize = 1024;
 
 pub async fn index_folder(
-    _: Producer,
+    producer: Producer,
     State(state): State<AppState>,
     JsonBody(mut body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -42,9 +42,17 @@ pub async fn index_folder(
         FolderError::Missing => ApiError::NotFound(error.to_string()),
         FolderError::NotAFolder | FolderError::Empty => ApiError::Unprocessable(error.to_string()),
     })?;
-    let id = state.indexer.start(&state.hub, folder, &state.shutdown)?;
-    tracing::info!(task_id = %id, "indexing job started");
-    Ok(started(StatusCode::ACCEPTED, &id))
+    // The job's task counts against the same limits as any producer's.
+    let new = Indexer::task_for(&folder);
+    let event = state
+        .limits
+        .create_task(&state.hub, &producer.label, || state.hub.create(new))?;
+    let id = event.task_id().clone();
+    state
+        .indexer
+        .spawn(&state.hub, id.clone(), folder, &state.shutdown);
+    tracing::info!(task_id = %id, producer = %producer.label, "indexing job started");
+    Ok(started_for(&state, StatusCode::ACCEPTED, &id))
 }
 
 #[derive(Deserialize)]
@@ -53,7 +61,10 @@ pub struct SearchQuery {
     limit: Option<usize>,
 }
 
+/// With `--protect-reads` searching needs an API token, like the listings: hits show
+/// what the files say.
 pub async fn search(
+    _: Lister,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<SearchQuery>,
 ) -> Result<Response, ApiError> {

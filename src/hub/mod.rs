@@ -432,6 +432,19 @@ impl Hub {
         self.read_map().len()
     }
 
+    /// How many tasks are in each status, in [`Status::ALL`] order (for `/metrics`).
+    pub fn count_by_status(&self) -> [usize; 5] {
+        let cells: Vec<TaskRef> = self.read_map().values().cloned().collect();
+        let mut counts = [0; 5];
+        for cell in cells {
+            let status = cell.published().status();
+            if let Some(i) = Status::ALL.iter().position(|s| *s == status) {
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+
     fn cell(&self, id: &TaskId) -> Result<TaskRef, HubError> {
         self.read_map().get(id).cloned().ok_or(HubError::NotFound)
     }

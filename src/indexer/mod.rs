@@ -22,7 +22,7 @@ pub mod walk;
 pub mod writer;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -120,27 +120,26 @@ impl Indexer {
         }
     }
 
-    /// Creates the task and starts indexing `folder` (canonical, inside the roots) in
-    /// the background. The job stops when `shutdown` is cancelled.
-    pub fn start(
-        &self,
-        hub: &Hub,
-        folder: PathBuf,
-        shutdown: &CancellationToken,
-    ) -> Result<TaskId, HubError> {
-        let event = hub.create(NewTask {
+    /// The task a job on `folder` runs as; create it (through whatever limits apply), then
+    /// hand it to [`Indexer::spawn`].
+    pub fn task_for(folder: &Path) -> NewTask {
+        NewTask {
             id: None,
             name: Some(format!("Index {}", folder.display())),
             total: 0,
             job: Some(JOB_NAME.to_string()),
-        })?;
-        let id = event.task_id().clone();
+        }
+    }
+
+    /// Starts indexing `folder` (canonical, inside the roots) in the background as task
+    /// `id`, which must exist. The job stops when `shutdown` is cancelled.
+    pub fn spawn(&self, hub: &Hub, id: TaskId, folder: PathBuf, shutdown: &CancellationToken) {
         let cancel = shutdown.child_token();
         self.jobs().insert(id.clone(), cancel.clone());
         let this = self.clone();
-        let (hub, task_id, shutdown) = (hub.clone(), id.clone(), shutdown.clone());
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
         self.inner.tracker.spawn(async move {
-            let end = this.run_queued(&hub, &task_id, folder, &cancel).await;
+            let end = this.run_queued(&hub, &id, folder, &cancel).await;
             let outcome = match end {
                 JobEnd::Completed(results) => Outcome::Completed {
                     results: Some(results),
@@ -151,15 +150,15 @@ impl Indexer {
                 },
                 JobEnd::Stopped => Outcome::Cancelled,
             };
-            tracing::info!(task_id = %task_id, status = outcome.status().as_str(), "indexing job ended");
-            match hub.finish(&task_id, outcome).await {
+            let status = outcome.status().as_str();
+            tracing::info!(task_id = %id, status, "indexing job ended");
+            match hub.finish(&id, outcome).await {
                 // Already ended from outside (cancelled through the API): nothing to add.
                 Ok(_) | Err(HubError::Finished(_)) => {}
-                Err(error) => tracing::error!(task_id = %task_id, %error, "cannot end indexing task"),
+                Err(error) => tracing::error!(task_id = %id, %error, "cannot end indexing task"),
             }
-            this.jobs().remove(&task_id);
+            this.jobs().remove(&id);
         });
-        Ok(id)
     }
 
     /// Waits for the writer, then runs the job on a blocking thread.

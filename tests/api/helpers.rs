@@ -124,6 +124,13 @@ impl TestApp {
         spawn_app_on(config, store).await
     }
 
+    /// Sends the shutdown signal without waiting for the server to finish.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the server and waits until it has finished shutting down.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -89,10 +89,16 @@ impl Server {
 
     /// Long-polls the task until it is terminal; returns its last snapshot.
     async fn wait_until_finished(&self, id: &str) -> Value {
+        self.wait_until_finished_reading_with(id, "").await
+    }
+
+    /// [`Server::wait_until_finished`] with a read token (`--protect-reads`).
+    async fn wait_until_finished_reading_with(&self, id: &str, read_token: &str) -> Value {
         within(async {
             let mut since = 0;
             loop {
-                let path = format!("/api/index-progress/{id}?since={since}&wait=10");
+                let path =
+                    format!("/api/index-progress/{id}?since={since}&wait=10&token={read_token}");
                 let snapshot: Value = self.app.get(&path).await.json().await.unwrap();
                 let status = snapshot["status"].as_str().unwrap();
                 if ["completed", "failed", "cancelled"].contains(&status) {
@@ -594,4 +600,56 @@ async fn a_job_running_at_shutdown_ends_failed_as_interrupted() {
     assert_eq!(task.status(), Status::Failed);
     let snapshot: Value = serde_json::from_slice(task.json().as_ref()).unwrap();
     assert_eq!(snapshot["error"], "interrupted by server shutdown");
+}
+
+#[tokio::test]
+async fn with_tokens_indexing_is_a_write_and_search_a_protected_read() {
+    const ADMIN: &str = "admin-0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_dir(&tmp);
+    write(&base.join("docs/a.txt"), "a lone narwhal");
+    let server = spawn_with(vec![base.clone()], |c| {
+        c.api_token = Some(ADMIN.to_string());
+        c.protect_reads = true;
+    })
+    .await;
+    let client = &server.app.client;
+    let index = |token: Option<&str>| {
+        let mut request = client
+            .post(server.app.url("/api/index-folder"))
+            .json(&json!({"folder": "docs"}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(index(None).await.unwrap().status(), 401);
+    assert_eq!(
+        index(Some("wrong-token-000000")).await.unwrap().status(),
+        401
+    );
+    let started = index(Some(ADMIN)).await.unwrap();
+    assert_eq!(started.status(), 202);
+    let body: Value = started.json().await.unwrap();
+    let id = body["task_id"].as_str().unwrap();
+    let read_token = body["read_token"].as_str().expect("read_token");
+    // The read token follows the job, as for any task.
+    let done = server
+        .wait_until_finished_reading_with(id, read_token)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let search = |token: Option<&str>| {
+        let mut request = client
+            .get(server.app.url("/api/search"))
+            .query(&[("q", "narwhal")]);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(search(None).await.unwrap().status(), 401);
+    let found: Value = search(Some(ADMIN)).await.unwrap().json().await.unwrap();
+    assert_eq!(found["total_hits"], 1, "{found}");
+    server.stop().await;
 }

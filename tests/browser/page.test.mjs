@@ -366,3 +366,25 @@ test('an empty server and an unknown task say so', { timeout: 60000 }, async (t)
   // The stream's 404 is logged by the browser itself; nothing else may go wrong.
   assert.deepEqual(problems.filter((p) => !p.includes('404')), []);
 });
+
+test('with --protect-reads a link carrying the read token follows the task', { timeout: 60000 }, async (t) => {
+  const token = 'page-test-token';
+  const { server } = await serverFor(t, () => ({ extraArgs: ['--api-token', token, '--protect-reads'] }));
+  const api = producer(server.url, token);
+  const created = await api.createTask({ id: 'guarded', name: 'Guarded task', total: 4 });
+  assert.match(created.read_token, /^[0-9a-f]{32}$/);
+
+  // Without the token the server refuses, and the page says so rather than showing data.
+  const refused = await fetch(`${server.url}/api/index-progress/guarded`);
+  assert.equal(refused.status, 401);
+
+  const { page } = await newPage(t);
+  await page.goto(`${server.url}/?task=guarded&token=${created.read_token}`);
+  await expectText(page, card('guarded', '.status'), 'Pending', 5000);
+  await api.progress('guarded', { processed: 2, current_file: 'secret/plan.md' });
+  await expectText(page, card('guarded', '.percent'), '50%', LIVE_MS);
+  await expectText(page, card('guarded', '.current .path'), 'secret/plan.md', LIVE_MS);
+  await api.complete('guarded', { results: { files: 4 } });
+  await expectText(page, card('guarded', '.status'), 'Completed', LIVE_MS);
+  await screenshot(page, '8-read-token');
+});
