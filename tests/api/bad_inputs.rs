@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{spawn_app_with, SseClient, TestApp};
@@ -441,26 +441,7 @@ async fn bad_inputs_are_answered_and_nothing_is_lost() {
     })
     .await;
     let auth = |r: reqwest::RequestBuilder| r.bearer_auth(TOKEN);
-    for (id, total) in [("live", 10), ("ended", 10)] {
-        let response = auth(app.client.post(app.url("/api/tasks")))
-            .json(&json!({ "id": id, "total": total }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
-    let response = auth(app.client.post(app.url("/api/tasks/live/progress")))
-        .json(&json!({"processed": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let response = auth(app.client.post(app.url("/api/tasks/ended/complete")))
-        .json(&json!({"results": {"n": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    app.seed_live_and_ended().await;
 
     let cases = cases();
     assert!(cases.len() >= 40, "{} cases", cases.len());
@@ -471,25 +452,7 @@ async fn bad_inputs_are_answered_and_nothing_is_lost() {
 
     // Still serving, and nothing lost or changed.
     assert_eq!(app.get("/healthz").await.status(), 200);
-    let live: Value = app
-        .get("/api/index-progress/live")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (live["processed"].clone(), live["seq"].clone()),
-        (json!(3), json!(2))
-    );
-    let ended: Value = app
-        .get("/api/index-progress/ended")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ended["results"], json!({"n": 1}));
-    let listed: Value = app.get("/api/tasks").await.json().await.unwrap();
-    assert_eq!(listed["tasks"].as_array().unwrap().len(), 2);
+    app.assert_seeded_tasks_untouched().await;
     let response = auth(app.client.post(app.url("/api/tasks/live/progress")))
         .json(&json!({"processed": 4}))
         .send()
