@@ -7,9 +7,11 @@
 pub mod api;
 pub mod config;
 pub mod hub;
+pub mod indexer;
 mod janitor;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use api::AppState;
 use config::{Config, StoreKind};
 use hub::Hub;
+use indexer::Indexer;
 use store::{MemoryStore, SqliteStore, Store, StoreError};
 
 /// Why the server could not start.
@@ -39,6 +42,10 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Security(#[from] api::SecurityError),
+    #[error("{0}")]
+    IndexRoots(std::io::Error),
 }
 
 /// A bound, ready-to-run server.
@@ -63,8 +70,9 @@ impl Application {
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<Application, StartError> {
+        let security = api::Security::load(&config).await?;
         if !config.listen.ip().is_loopback()
-            && config.api_token.is_none()
+            && security.tokens.is_empty()
             && !config.allow_unauthenticated
         {
             return Err(StartError::Unauthenticated(config.listen));
@@ -77,12 +85,26 @@ impl Application {
             addr: config.listen,
             source,
         })?;
+        let metrics = telemetry::Metrics::new();
+        store.attach_metrics(metrics.store());
         let hub = Hub::new(config.hub(), store)?;
+        let indexer = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || Indexer::new(&config))
+                .await
+                .map_err(|e| StartError::IndexRoots(std::io::Error::other(e)))?
+                .map_err(StartError::IndexRoots)?
+        };
         let state = AppState {
             hub,
+            indexer,
+            limits: Arc::new(api::Limits::new(&config, metrics.clone())),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            security: Arc::new(security),
+            metrics,
         };
         Ok(Application {
             listener,
@@ -100,14 +122,24 @@ impl Application {
         &self.state.hub
     }
 
+    pub fn indexer(&self) -> &Indexer {
+        &self.state.indexer
+    }
+
     /// Serves until `stop` resolves, then: streams end, connections drain within the
     /// grace period, coalesced changes are published and the store is flushed.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) {
         let state = self.state;
         let shutdown = state.shutdown.clone();
-        let trigger = shutdown.clone();
+        let (trigger, draining) = (shutdown.clone(), state.draining.clone());
+        let drain = std::time::Duration::from_secs(state.config.shutdown_drain_secs);
         tokio::spawn(async move {
             stop.await;
+            draining.cancel();
+            if !drain.is_zero() {
+                tracing::info!(?drain, "not ready; draining before shutdown");
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!("shutting down");
             trigger.cancel();
         });
@@ -124,6 +156,7 @@ impl Application {
         let options = server::ServeOptions {
             header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
             grace: state.config.shutdown_grace(),
+            open_connections: state.metrics.http_connections.clone(),
         };
         server::serve(
             self.listener,
@@ -134,6 +167,11 @@ impl Application {
         )
         .await;
         let _ = janitor.await;
+        // Jobs were told to stop when shutdown began; their tasks end as interrupted.
+        state
+            .indexer
+            .shutdown(&state.hub, state.config.shutdown_grace())
+            .await;
         state.hub.flush_pending();
         if let Err(error) = state.hub.store().flush().await {
             tracing::error!(%error, "final store flush failed");

@@ -20,10 +20,12 @@ async fn main() -> ExitCode {
         .init();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
+        Command::Index { folder } => progress_hub::indexer::cli::run(cli.config, folder).await,
     }
 }
 
 async fn serve(config: Config) -> ExitCode {
+    progress_hub::server::raise_open_files_limit(config.max_subscribers);
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error) => {

@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// How long shutdown waits for open connections and upgraded sockets.
     pub grace: Duration,
+    /// Counts open TCP connections (`progress_hub_http_connections`).
+    pub open_connections: metrics::Gauge,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains. Upgraded
@@ -93,6 +95,8 @@ pub async fn serve(
             .with_upgrades();
         let (shutdown, tracker, writers) = (shutdown.clone(), connections.clone(), writers.clone());
         let grace = options.grace;
+        // A handed-off stream keeps counting as an open connection: the socket is open.
+        let open = OpenConnection::new(&options.open_connections);
         connections.spawn(async move {
             {
                 let mut connection = std::pin::pin!(connection);
@@ -111,7 +115,7 @@ pub async fn serve(
                 // Leaving this block drops hyper's connection state and buffers.
             }
             if let Some((socket, frames)) = handoff.take() {
-                handoff::spawn_writer(socket, frames, writers.as_ref(), &tracker);
+                handoff::spawn_writer(socket, frames, open, writers.as_ref(), &tracker);
             }
         });
     }
@@ -150,6 +154,56 @@ fn fan_out_runtime() -> Option<tokio::runtime::Runtime> {
             tracing::warn!(%error, "no separate fan-out runtime; streams share the main one");
             None
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every stream is a socket, and
+/// the usual soft default (1024) would cap a server at about a thousand subscribers.
+/// Logs both limits, and warns when `subscribers` would not fit.
+pub fn raise_open_files_limit(subscribers: u64) {
+    #[cfg(unix)]
+    {
+        let (soft_before, hard) = match rlimit::Resource::NOFILE.get() {
+            Ok(limits) => limits,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the open files limit");
+                return;
+            }
+        };
+        let soft = match rlimit::increase_nofile_limit(hard) {
+            Ok(soft) => soft,
+            Err(error) => {
+                tracing::warn!(%error, soft = soft_before, hard, "cannot raise the open files limit");
+                soft_before
+            }
+        };
+        tracing::info!(soft_before, soft, hard, "open files limit");
+        // A margin for the listener, the store and logs.
+        if soft < subscribers.saturating_add(64) {
+            tracing::warn!(
+                soft,
+                max_subscribers = subscribers,
+                "the open files limit is below --max-subscribers; raise the hard limit (ulimit -Hn)"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = subscribers;
+}
+
+/// One open connection in the gauge, for as long as this lives.
+struct OpenConnection(metrics::Gauge);
+
+impl OpenConnection {
+    fn new(gauge: &metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

@@ -7,6 +7,8 @@ import { TaskView, renderConnection, renderHits, showMessage } from './render.js
 
 const $ = (id) => document.getElementById(id);
 const focusId = new URLSearchParams(location.search).get('task');
+// On a server with --protect-reads, a link to `/?task=ID&token=READ_TOKEN` opens the task.
+const readToken = new URLSearchParams(location.search).get('token');
 const template = $('task-template');
 const tasksEl = $('tasks');
 const connectionEl = $('connection');
@@ -185,7 +187,7 @@ if (focusId) {
   $('tasks-title').classList.add('visually-hidden');
   $('empty').textContent = 'Loading…';
   $('empty').hidden = false;
-  followTask(focusId, { onSnapshot: accept, onStatus });
+  followTask(focusId, { onSnapshot: accept, onStatus }, readToken);
 } else {
   followAll({ onSnapshot: accept, onStatus, onSynced: afterChange });
 }

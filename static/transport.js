@@ -81,17 +81,23 @@ async function fetchWithin(url, options, timeoutMs, outer) {
   }
 }
 
-/** One task: its SSE stream, its long poll. */
-function taskSource(taskId) {
+/**
+ * One task: its SSE stream, its long poll. `readToken` is the task's read token on a
+ * server started with --protect-reads (EventSource cannot send headers, so it rides in
+ * the query string).
+ */
+function taskSource(taskId, readToken) {
   const base = `/api/index-progress/${encodeURIComponent(taskId)}`;
+  const token = readToken ? `token=${encodeURIComponent(readToken)}` : '';
+  const withToken = (url) => (token ? `${url}${url.includes('?') ? '&' : '?'}${token}` : url);
   return {
     endsWithTerminal: true,
     pollPauseMs: 0,
     resyncOnOpen: false,
-    streamUrl: (seq) => (seq > 0 ? `${base}/events?last_event_id=${seq}` : `${base}/events`),
+    streamUrl: (seq) => withToken(seq > 0 ? `${base}/events?last_event_id=${seq}` : `${base}/events`),
     async poll(seq, waitSecs, signal) {
       const headers = seq > 0 ? { 'If-None-Match': `"${seq}"` } : {};
-      const url = `${base}?since=${seq}&wait=${waitSecs}`;
+      const url = withToken(`${base}?since=${seq}&wait=${waitSecs}`);
       const response = await fetchWithin(url, { headers }, waitSecs * 1000 + REQUEST_SLACK_MS, signal);
       if (response.status === 304) return [];
       if (!response.ok) throw await HttpError.from(response);
@@ -298,8 +304,8 @@ class Follower {
 }
 
 /** Follows one task until it ends. */
-export function followTask(taskId, handlers) {
-  return new Follower(taskSource(taskId), handlers).start();
+export function followTask(taskId, handlers, readToken = null) {
+  return new Follower(taskSource(taskId, readToken), handlers).start();
 }
 
 /** Follows every task, for as long as the page is open. */

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 405
     #[error("Method not allowed")]
     MethodNotAllowed,
+    /// 408: the request body stalled for longer than the idle timeout.
+    #[error("Request body timed out")]
+    RequestTimeout,
     /// 409: the task exists already, or has already finished.
     #[error("{0}")]
     Conflict(String),
@@ -46,6 +49,12 @@ pub enum ApiError {
     /// 426: a WebSocket route asked without an upgrade.
     #[error("This route needs a WebSocket upgrade")]
     UpgradeRequired,
+    /// 429 with `Retry-After`: a task limit (in total or per producer token) is reached.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u32,
+    },
     /// 503 with `Retry-After`: a limit is reached or the server is stopping.
     #[error("{message}")]
     Unavailable {
@@ -65,11 +74,13 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TaskNotFound | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -105,6 +116,9 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         match &self {
             ApiError::Unavailable {
+                retry_after_secs, ..
+            }
+            | ApiError::TooManyRequests {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

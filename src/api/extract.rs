@@ -6,6 +6,7 @@ use axum::http::{header, request::Parts};
 use http_body_util::LengthLimitError;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use tower_http::timeout::TimeoutError;
 
 use super::error::ApiError;
 use super::AppState;
@@ -58,8 +59,10 @@ impl FromRequest<AppState> for JsonBody {
         let body = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|e| {
-                if is_length_limit(&e) {
+                if caused_by::<LengthLimitError>(&e) {
                     ApiError::PayloadTooLarge(limit)
+                } else if caused_by::<TimeoutError>(&e) {
+                    ApiError::RequestTimeout
                 } else {
                     ApiError::BadRequest("Could not read the request body".to_string())
                 }
@@ -89,10 +92,10 @@ fn is_json_content_type(value: &str) -> bool {
             .is_some_and(|tail| mime.len() > 5 && tail.eq_ignore_ascii_case("+json"))
 }
 
-fn is_length_limit(error: &axum::Error) -> bool {
+fn caused_by<E: std::error::Error + 'static>(error: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if e.is::<LengthLimitError>() {
+        if e.is::<E>() {
             return true;
         }
         source = e.source();
@@ -106,9 +109,14 @@ fn is_length_limit(error: &axum::Error) -> bool {
 pub struct Fields(Map<String, Value>);
 
 /// The largest integer a browser reads exactly.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub(crate) const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 impl Fields {
+    #[cfg(test)]
+    pub(crate) fn from_map(map: Map<String, Value>) -> Fields {
+        Fields(map)
+    }
+
     fn take(&mut self, name: &str) -> Option<Value> {
         self.0.remove(name).filter(|v| !v.is_null())
     }

@@ -2,36 +2,59 @@
 //! file and only talks to the hub.
 
 mod auth;
+mod cors;
 mod error;
 mod extract;
 mod health;
+mod index;
+mod limits;
 mod page;
 mod poll;
+#[cfg(test)]
+mod proptests;
+mod read_token;
 mod sse;
 mod tasks;
 mod ws;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::option_layer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
+pub use auth::{Security, SecurityError};
 pub use error::ApiError;
+pub use limits::Limits;
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::indexer::Indexer;
+use crate::telemetry::Metrics;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Hub,
     pub config: Arc<Config>,
+    /// The built-in indexing job and search.
+    pub indexer: Indexer,
     /// Cancelled when the server starts shutting down; every stream watches it.
     pub shutdown: CancellationToken,
+    /// Cancelled as soon as a shutdown signal arrives, before `shutdown` (which waits for
+    /// the drain period): `/readyz` turns 503 while streams are still served.
+    pub draining: CancellationToken,
     /// Upgraded WebSockets live outside their HTTP connection; shutdown waits for them here.
     pub tracker: TaskTracker,
+    /// API tokens, read-token key, CORS origins.
+    pub security: Arc<Security>,
+    /// Subscriber and task limits.
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,12 +74,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{task_id}/complete", post(tasks::complete))
         .route("/api/tasks/{task_id}/fail", post(tasks::fail))
         .route("/api/tasks/{task_id}/cancel", post(tasks::cancel))
+        // The built-in indexing job.
+        .route("/api/index-folder", post(index::index_folder))
+        .route("/api/search", get(index::search))
         // The bundled page and its assets.
         .route("/", get(page::index))
         .route("/static/{name}", get(page::asset))
         // Operations.
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("Not found".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // A body that stalls is answered 408 (see extract.rs), not waited for forever.
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            state.config.idle_timeout_secs,
+        )))
+        .layer(option_layer(state.security.origins.layer()))
         .with_state(state)
 }

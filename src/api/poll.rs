@@ -9,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::{json_response, ApiError};
-use super::extract::{ApiQuery, TaskIdPath};
+use super::extract::ApiQuery;
+use super::read_token::ReadableTask;
 use super::AppState;
 use crate::hub::Event;
+use crate::telemetry::Transport;
 
 /// The longest a long poll waits, whatever the client asks.
 pub const MAX_WAIT_SECS: f64 = 30.0;
@@ -26,7 +28,7 @@ pub struct PollQuery {
 
 pub async fn poll(
     State(state): State<AppState>,
-    TaskIdPath(id): TaskIdPath,
+    ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<PollQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -42,8 +44,13 @@ pub async fn poll(
     let event = match query.since {
         Some(since) if wait > 0.0 => {
             let hub = &state.hub;
+            // A waiting poll holds a subscriber's place like a stream does.
+            let _place = state.limits.subscribe(Transport::LongPoll, Some(&id))?;
             tokio::select! {
-                event = hub.wait_for_change(&id, since, Duration::from_secs_f64(wait)) => event?,
+                event = hub.wait_for_change(&id, since, Duration::from_secs_f64(wait)) => {
+                    state.metrics.frame_delivered(Transport::LongPoll);
+                    event?
+                }
                 // A stopping server answers at once with what it has.
                 _ = state.shutdown.cancelled() => hub.get(&id).ok_or(ApiError::TaskNotFound)?,
             }

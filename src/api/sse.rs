@@ -3,7 +3,9 @@
 //!
 //! The body is a stream of frames that were encoded once at publish time; this module only
 //! decides which frames a client gets, adds keep-alive comments when nothing was sent for
-//! a while, and ends the stream after the terminal event or when the server shuts down.
+//! a while, and ends the stream after the terminal event, when the server shuts down, or
+//! when the stream has lived its maximum life (the client resumes with `Last-Event-ID`).
+//! Each stream holds its subscriber's place in the limits until it is dropped.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,11 +20,16 @@ use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::auth::Lister;
 use super::error::ApiError;
-use super::extract::{ApiQuery, TaskIdPath};
+use super::extract::ApiQuery;
+use super::limits::SubscriberGuard;
+use super::read_token::ReadableTask;
 use super::AppState;
+use crate::config::Config;
 use crate::hub::{AllSubscription, Subscription};
 use crate::server::handoff::Handoff;
+use crate::telemetry::{DeliverySampler, Transport};
 
 /// How long EventSource waits before reconnecting after the stream ends.
 const RETRY_MS: u64 = 2000;
@@ -46,40 +53,79 @@ pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
 
 pub async fn task_events(
     State(state): State<AppState>,
-    TaskIdPath(id): TaskIdPath,
+    ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
+    let place = state.limits.subscribe(Transport::Sse, Some(&id))?;
     match state.hub.subscribe(&id, last)? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
-        Some(subscription) => Ok(event_stream(subscription, &state)),
+        Some(subscription) => Ok(event_stream(subscription, place, Transport::Sse, &state)),
     }
 }
 
 pub async fn all_events(
+    _: Lister,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
-    event_stream(state.hub.subscribe_all(last), &state)
+    let place = state.limits.subscribe(Transport::AllEvents, None)?;
+    let subscription = state.hub.subscribe_all(last);
+    Ok(event_stream(
+        subscription,
+        place,
+        Transport::AllEvents,
+        &state,
+    ))
+}
+
+/// When a stream opened now must end: at a random moment in the last tenth of its
+/// maximum life, so that clients which connected together do not all reconnect together.
+pub fn end_of_life(config: &Config) -> Option<Instant> {
+    let life = config.max_stream_life()?;
+    let unit = getrandom::u64().map_or(1.0, |r| (r >> 11) as f64 / (1u64 << 53) as f64);
+    Some(Instant::now() + life.mul_f64(0.9 + 0.1 * unit))
+}
+
+/// Resolves at `deadline`, or never without one.
+pub async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A ready-to-send SSE frame and when its event was published.
+pub struct Frame {
+    pub bytes: Bytes,
+    pub published_at: std::time::Instant,
 }
 
 /// Something that yields ready-to-send SSE frames until it has nothing more to say.
 pub trait FrameSource: Send + 'static {
-    fn next_frame(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+    fn next_frame(&mut self) -> impl Future<Output = Option<Frame>> + Send;
 }
 
 impl FrameSource for Subscription {
-    async fn next_frame(&mut self) -> Option<Bytes> {
-        Some(self.next().await?.sse_frame().clone())
+    async fn next_frame(&mut self) -> Option<Frame> {
+        let event = self.next().await?;
+        Some(Frame {
+            bytes: event.sse_frame().clone(),
+            published_at: event.published_at(),
+        })
     }
 }
 
 impl FrameSource for AllSubscription {
-    async fn next_frame(&mut self) -> Option<Bytes> {
-        Some(self.next().await.sse_frame().clone())
+    async fn next_frame(&mut self) -> Option<Frame> {
+        let event = self.next().await;
+        Some(Frame {
+            bytes: event.sse_frame().clone(),
+            published_at: event.event().published_at(),
+        })
     }
 }
 
@@ -93,9 +139,19 @@ struct StreamState<S> {
     /// One timer per stream, re-armed only when it fires: events do not touch it.
     timer: Pin<Box<Sleep>>,
     prelude: Option<Bytes>,
+    /// The stream's maximum life (`--max-stream-secs`).
+    end_of_life: Pin<Box<dyn Future<Output = ()> + Send>>,
+    delivery: DeliverySampler,
+    /// Held for its `Drop`: frees the subscriber's place.
+    _place: SubscriberGuard,
 }
 
-fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
+fn event_stream<S: FrameSource>(
+    source: S,
+    place: SubscriberGuard,
+    transport: Transport,
+    state: &AppState,
+) -> Response {
     let heartbeat = state.config.heartbeat();
     let st = StreamState {
         source,
@@ -104,6 +160,9 @@ fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
         last_write: Instant::now(),
         timer: Box::pin(tokio::time::sleep(heartbeat)),
         prelude: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
+        end_of_life: Box::pin(until(end_of_life(&state.config))),
+        delivery: DeliverySampler::new(state.metrics.clone(), transport),
+        _place: place,
     };
     let frames = stream::unfold(st, |mut st| async move {
         if let Some(prelude) = st.prelude.take() {
@@ -113,9 +172,13 @@ fn event_stream<S: FrameSource>(source: S, state: &AppState) -> Response {
             tokio::select! {
                 biased;
                 _ = st.shutdown.as_mut() => return None,
+                // Ends between frames: the client resumes after the last id it got.
+                _ = st.end_of_life.as_mut() => return None,
                 frame = st.source.next_frame() => {
+                    let frame = frame?;
                     st.last_write = Instant::now();
-                    return Some((frame?, st));
+                    st.delivery.delivered(frame.published_at);
+                    return Some((frame.bytes, st));
                 }
                 _ = st.timer.as_mut() => {
                     let due = st.last_write + st.heartbeat;

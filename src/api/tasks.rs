@@ -8,9 +8,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::Producer;
+use super::auth::{Lister, Producer};
 use super::error::{json_response, ApiError};
 use super::extract::{ApiQuery, JsonBody, TaskIdPath};
+use super::read_token::ReadableTask;
 use super::{poll, AppState};
 use crate::hub::{NewTask, Outcome, ProgressUpdate, Status, TaskId};
 
@@ -34,7 +35,11 @@ pub fn task_links(id: &TaskId) -> Value {
 
 /// A `201`/`202` answer for a task that was just started, with its `Location`.
 pub fn started(status: StatusCode, id: &TaskId) -> Response {
-    let mut response = json_response(status, Bytes::from(task_links(id).to_string()));
+    answer_started(status, id, task_links(id))
+}
+
+fn answer_started(status: StatusCode, id: &TaskId, links: Value) -> Response {
+    let mut response = json_response(status, Bytes::from(links.to_string()));
     if let Ok(location) = HeaderValue::from_str(&format!("/api/tasks/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -42,7 +47,7 @@ pub fn started(status: StatusCode, id: &TaskId) -> Response {
 }
 
 pub async fn create(
-    _: Producer,
+    producer: Producer,
     State(state): State<AppState>,
     JsonBody(mut body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -54,14 +59,29 @@ pub async fn create(
     let name = body.string("name", MAX_TEXT_BYTES)?;
     let total = body.uint("total")?.unwrap_or(0);
     body.finish()?;
-    let event = state.hub.create(NewTask {
+    let new = NewTask {
         id,
         name,
         total,
         job: None,
-    })?;
-    tracing::debug!(task_id = %event.task_id(), "task created");
-    Ok(started(StatusCode::CREATED, event.task_id()))
+    };
+    let event = state
+        .limits
+        .create_task(&state.hub, &producer.label, || state.hub.create(new))?;
+    let id = event.task_id();
+    tracing::debug!(task_id = %id, producer = %producer.label, "task created");
+    Ok(started_for(&state, StatusCode::CREATED, id))
+}
+
+/// [`started`], plus the `read_token` its clients need to follow the task when reads are
+/// protected (`--protect-reads`).
+pub fn started_for(state: &AppState, status: StatusCode, id: &TaskId) -> Response {
+    let Some(key) = &state.security.read_key else {
+        return started(status, id);
+    };
+    let mut links = task_links(id);
+    links["read_token"] = Value::String(key.token_for(id));
+    answer_started(status, id, links)
 }
 
 pub async fn progress(
@@ -119,6 +139,9 @@ pub async fn cancel(
 
 async fn finish(state: &AppState, id: &TaskId, outcome: Outcome) -> Result<Response, ApiError> {
     let event = state.hub.finish(id, outcome).await?;
+    // A built-in job running this task would notice at its next report; this stops it at
+    // once, also in the middle of a long extraction.
+    state.indexer.cancel(id);
     tracing::debug!(task_id = %id, status = event.status().as_str(), "task finished");
     Ok(json_response(StatusCode::OK, event.json().clone()))
 }
@@ -130,6 +153,7 @@ pub struct ListQuery {
 }
 
 pub async fn list(
+    _: Lister,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
@@ -163,7 +187,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    TaskIdPath(id): TaskIdPath,
+    ReadableTask(id): ReadableTask,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let event = state.hub.get(&id).ok_or(ApiError::TaskNotFound)?;

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -63,6 +64,8 @@ struct EventInner {
     /// The snapshot as one line of JSON (the poll body, the SSE `data`, the WS frame):
     /// a slice of `sse`, so both share one allocation.
     json: Bytes,
+    /// When this event was encoded, for the publish-to-deliver latency on `/metrics`.
+    published_at: Instant,
 }
 
 impl Event {
@@ -81,6 +84,7 @@ impl Event {
             created_at_ms: snapshot.created_at_ms,
             sse,
             json,
+            published_at: Instant::now(),
         }))
     }
 
@@ -120,6 +124,11 @@ impl Event {
 
     pub fn sse_frame(&self) -> &Bytes {
         &self.0.sse
+    }
+
+    /// When the event was encoded (for a restored event: when it was loaded).
+    pub fn published_at(&self) -> Instant {
+        self.0.published_at
     }
 }
 

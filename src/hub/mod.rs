@@ -345,6 +345,17 @@ impl Hub {
             .subscribe(last_event_id, self.shared.stats.clone())
     }
 
+    /// Publishes the task's change that waits for its coalescing window now. A built-in job
+    /// calls it when it enters a new stage, so that no subscriber sees the stage merged away.
+    pub fn publish_now(&self, id: &TaskId) -> Result<(), HubError> {
+        let cell = self.cell(id)?;
+        let mut st = cell.lock();
+        if st.dirty {
+            self.shared.publish(&mut st);
+        }
+        Ok(())
+    }
+
     /// Publishes every change still waiting for its coalescing window (on shutdown).
     pub fn flush_pending(&self) {
         for cell in self.cells() {
@@ -419,6 +430,19 @@ impl Hub {
 
     pub fn task_count(&self) -> usize {
         self.read_map().len()
+    }
+
+    /// How many tasks are in each status, in [`Status::ALL`] order (for `/metrics`).
+    pub fn count_by_status(&self) -> [usize; 5] {
+        let cells: Vec<TaskRef> = self.read_map().values().cloned().collect();
+        let mut counts = [0; 5];
+        for cell in cells {
+            let status = cell.published().status();
+            if let Some(i) = Status::ALL.iter().position(|s| *s == status) {
+                counts[i] += 1;
+            }
+        }
+        counts
     }
 
     fn cell(&self, id: &TaskId) -> Result<TaskRef, HubError> {

@@ -189,7 +189,15 @@ async fn a_lagging_subscriber_skips_to_the_newest_snapshot_and_still_sees_the_en
 /// sees a contiguous run of seq numbers (no gap, no duplicate) ending with the terminal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribing_while_publishing_never_loses_or_repeats_an_event() {
-    let hub = hub_with(0, 100_000);
+    // History as long as the run: between reading the newest seq and subscribing, the
+    // producer thread may publish many events, and the resume point must still be held.
+    let config = HubConfig {
+        coalesce: Duration::ZERO,
+        channel_capacity: 100_000,
+        history_len: 100_000,
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(config, Arc::new(MemoryStore::new(16))).unwrap();
     let t = task(&hub, "race");
     let mut subscribers = Vec::new();
     let producer = {

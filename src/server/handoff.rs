@@ -209,15 +209,20 @@ impl AsyncWrite for Socket {
 }
 
 /// Starts [`write_stream`] on `runtime` (the current one if `None`), tracked by `tracker`
-/// so shutdown waits for it. The socket moves to that runtime's reactor with it.
+/// so shutdown waits for it; `guard` is dropped when the stream ends. The socket moves to
+/// that runtime's reactor with it.
 pub fn spawn_writer(
     socket: TcpStream,
     frames: FrameStream,
+    guard: impl Send + 'static,
     runtime: Option<&tokio::runtime::Handle>,
     tracker: &TaskTracker,
 ) {
     let Some(runtime) = runtime else {
-        tracker.spawn(write_stream(socket, frames));
+        tracker.spawn(async move {
+            write_stream(socket, frames).await;
+            drop(guard);
+        });
         return;
     };
     let Ok(socket) = socket.into_std() else {
@@ -227,6 +232,7 @@ pub fn spawn_writer(
         if let Ok(socket) = TcpStream::from_std(socket) {
             write_stream(socket, frames).await;
         }
+        drop(guard);
     }));
 }
 

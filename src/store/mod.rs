@@ -15,6 +15,7 @@ pub use memory::MemoryStore;
 pub use sqlite::{SqliteStore, WriteStats};
 
 use crate::hub::{Event, TaskId};
+pub use crate::telemetry::StoreMetrics;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -52,4 +53,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store can take writes right now (for `/readyz`).
     fn is_healthy(&self) -> bool;
+
+    /// Hands the store the handle it reports write latency into
+    /// (`progress_hub_store_write_seconds` on `/metrics`). Called once when the server
+    /// starts; a store that writes in the background keeps it (a `OnceLock` will do) and
+    /// calls [`StoreMetrics::record_write`] per write or batch. The default ignores it.
+    fn attach_metrics(&self, metrics: StoreMetrics) {
+        let _ = metrics;
+    }
 }

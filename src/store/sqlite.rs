@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
-use super::{FlushFuture, Store, StoreError, StoredTask};
+use super::{FlushFuture, Store, StoreError, StoreMetrics, StoredTask};
 use crate::hub::{Event, TaskId};
 
 /// The file inside the data directory.
@@ -39,6 +39,8 @@ struct Shared {
     healthy: AtomicBool,
     history_len: usize,
     stats: WriteStats,
+    /// Set by `attach_metrics` when a server starts: each batch's commit time.
+    metrics: std::sync::OnceLock<StoreMetrics>,
 }
 
 /// Counters for `/metrics`: how many batches and events were committed, and how long the
@@ -89,6 +91,7 @@ impl SqliteStore {
             healthy: AtomicBool::new(true),
             history_len: history_len.max(1),
             stats: WriteStats::default(),
+            metrics: std::sync::OnceLock::new(),
         });
         let writer = {
             let shared = Arc::clone(&shared);
@@ -212,6 +215,10 @@ impl Store for SqliteStore {
     fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)
     }
+
+    fn attach_metrics(&self, metrics: StoreMetrics) {
+        let _ = self.shared.metrics.set(metrics);
+    }
 }
 
 impl Drop for SqliteStore {
@@ -243,7 +250,11 @@ fn write_loop(mut conn: Connection, shared: &Shared) {
         };
         let started = Instant::now();
         let result = write_batch(&mut conn, &batch, shared.history_len);
-        let micros = started.elapsed().as_micros() as u64;
+        let took = started.elapsed();
+        if let Some(metrics) = shared.metrics.get() {
+            metrics.record_write(took);
+        }
+        let micros = took.as_micros() as u64;
         shared.stats.batches.fetch_add(1, Ordering::Relaxed);
         shared
             .stats

@@ -75,6 +75,16 @@ async fn help_lists_every_setting() {
         "--allow-unauthenticated",
         "--coalesce-ms",
         "--heartbeat-secs",
+        "--api-token-file",
+        "--protect-reads",
+        "--cors-origin",
+        "--max-subscribers-per-task",
+        "--max-subscribers",
+        "--max-tasks",
+        "--max-unfinished-tasks-per-token",
+        "--max-stream-secs",
+        "--ws-max-message-bytes",
+        "--idle-timeout-secs",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

@@ -36,10 +36,7 @@ fn case(
 #[tokio::test]
 async fn bad_inputs_get_clear_json_errors_and_lose_nothing() {
     let app = spawn_app().await;
-    app.create_task("live", 10).await;
-    app.progress("live", json!({"processed": 3})).await;
-    app.create_task("ended", 10).await;
-    app.complete("ended", json!({"n": 1})).await;
+    app.seed_live_and_ended().await;
 
     let progress = "/api/tasks/live/progress";
     let mut cases = vec![
@@ -234,25 +231,7 @@ async fn bad_inputs_get_clear_json_errors_and_lose_nothing() {
     }
 
     // Nothing was lost or changed by any of it.
-    let live: Value = app
-        .get("/api/index-progress/live")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (live["processed"].clone(), live["seq"].clone()),
-        (json!(3), json!(2))
-    );
-    let ended: Value = app
-        .get("/api/index-progress/ended")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ended["results"], json!({"n": 1}));
-    let listed: Value = app.get("/api/tasks").await.json().await.unwrap();
-    assert_eq!(listed["tasks"].as_array().unwrap().len(), 2);
+    app.assert_seeded_tasks_untouched().await;
 }
 
 #[tokio::test]
@@ -327,7 +306,13 @@ async fn listings_are_newest_first_and_filter_by_status() {
 #[tokio::test]
 async fn writes_need_the_token_when_one_is_configured() {
     let app = spawn_app_with(|c| c.api_token = Some("s3cret".to_string())).await;
-    let response = app.post("/api/tasks", json!({"id": "t"})).await;
+    let response = app
+        .client
+        .post(app.url("/api/tasks"))
+        .json(&json!({"id": "t"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     let response = app

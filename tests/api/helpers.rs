@@ -78,13 +78,45 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.expect("GET")
     }
 
+    /// POSTs JSON, as a producer: with the configured API token, if there is one.
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .expect("POST")
+        let mut request = self.client.post(self.url(path)).json(&body);
+        if let Some(token) = &self.config.api_token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("POST")
+    }
+
+    /// GETs a JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
+    /// Two tasks for bad-input tests to aim at: `live` (processing, seq 2, processed 3)
+    /// and `ended` (completed with results `{"n": 1}`).
+    pub async fn seed_live_and_ended(&self) {
+        self.create_task("live", 10).await;
+        assert_eq!(
+            self.progress("live", json!({"processed": 3}))
+                .await
+                .status(),
+            200
+        );
+        self.create_task("ended", 10).await;
+        assert_eq!(self.complete("ended", json!({"n": 1})).await.status(), 200);
+    }
+
+    /// Proof that nothing a bad input did changed or lost the seeded tasks.
+    pub async fn assert_seeded_tasks_untouched(&self) {
+        let live = self.get_json("/api/index-progress/live").await;
+        assert_eq!(
+            (live["processed"].clone(), live["seq"].clone()),
+            (json!(3), json!(2))
+        );
+        let ended = self.get_json("/api/index-progress/ended").await;
+        assert_eq!(ended["results"], json!({"n": 1}));
+        let listed = self.get_json("/api/tasks").await;
+        assert_eq!(listed["tasks"].as_array().map(Vec::len), Some(2));
     }
 
     /// Creates a task with this id and total; panics unless the server says 201.
@@ -122,6 +154,13 @@ impl TestApp {
         let (config, store) = (self.config.clone(), self.store.clone());
         self.stop().await;
         spawn_app_on(config, store).await
+    }
+
+    /// Sends the shutdown signal without waiting for the server to finish.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     /// Stops the server and waits until it has finished shutting down.

@@ -1,12 +1,18 @@
 //! Black-box tests: a real server on port 0, real HTTP, SSE and WebSocket clients.
 
 mod helpers;
+mod raw;
 
+mod bad_inputs;
 mod binary;
 mod durability;
 mod errors;
+mod indexer;
+mod limits;
+mod observability;
 mod page;
 mod poll;
+mod security;
 mod shutdown;
 mod sse;
 mod stream_handoff;

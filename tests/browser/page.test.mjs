@@ -250,7 +250,6 @@ test('the page rides out a server restart and shows the final state', { timeout:
 
 test('the form indexes a folder, and the finished index can be searched', {
   timeout: 90000,
-  todo: 'needs POST /api/index-folder and GET /api/search from branch indexer (not merged yet)',
 }, async (t) => {
   // The folder exists before the server starts: it checks its index roots at start-up.
   let docs;
@@ -366,4 +365,26 @@ test('an empty server and an unknown task say so', { timeout: 60000 }, async (t)
   await screenshot(page, '7-unknown-task');
   // The stream's 404 is logged by the browser itself; nothing else may go wrong.
   assert.deepEqual(problems.filter((p) => !p.includes('404')), []);
+});
+
+test('with --protect-reads a link carrying the read token follows the task', { timeout: 60000 }, async (t) => {
+  const token = 'page-test-token';
+  const { server } = await serverFor(t, () => ({ extraArgs: ['--api-token', token, '--protect-reads'] }));
+  const api = producer(server.url, token);
+  const created = await api.createTask({ id: 'guarded', name: 'Guarded task', total: 4 });
+  assert.match(created.read_token, /^[0-9a-f]{32}$/);
+
+  // Without the token the server refuses, and the page says so rather than showing data.
+  const refused = await fetch(`${server.url}/api/index-progress/guarded`);
+  assert.equal(refused.status, 401);
+
+  const { page } = await newPage(t);
+  await page.goto(`${server.url}/?task=guarded&token=${created.read_token}`);
+  await expectText(page, card('guarded', '.status'), 'Pending', 5000);
+  await api.progress('guarded', { processed: 2, current_file: 'secret/plan.md' });
+  await expectText(page, card('guarded', '.percent'), '50%', LIVE_MS);
+  await expectText(page, card('guarded', '.current .path'), 'secret/plan.md', LIVE_MS);
+  await api.complete('guarded', { results: { files: 4 } });
+  await expectText(page, card('guarded', '.status'), 'Completed', LIVE_MS);
+  await screenshot(page, '8-read-token');
 });

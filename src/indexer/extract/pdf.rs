@@ -1,0 +1,163 @@
+//! PDF through `pdf-extract` (text layout) over `lopdf` (parsing). An encrypted file is
+//! opened only if it needs no password; otherwise it fails with a message that says so.
+//! The output device checks the job's cancellation at every page, so a long document
+//! does not hold up a cancel.
+
+use pdf_extract::{Document, MediaBox, OutputDev, OutputError, PlainTextOutput, Transform};
+use tokio_util::sync::CancellationToken;
+
+use super::ExtractError;
+
+pub fn to_text(bytes: &[u8], cancel: &CancellationToken) -> Result<String, ExtractError> {
+    let mut document = Document::load_mem(bytes)
+        .map_err(|e| ExtractError::Invalid(format!("unreadable PDF: {e}")))?;
+    if document.is_encrypted() && document.decrypt("").is_err() {
+        return Err(ExtractError::Invalid(
+            "encrypted PDF: a password is needed to read it".to_string(),
+        ));
+    }
+    let mut text = String::new();
+    let result = {
+        let mut output = Cancellable {
+            inner: PlainTextOutput::new(&mut text),
+            cancel,
+        };
+        pdf_extract::output_doc(&document, &mut output)
+    };
+    match result {
+        Ok(()) => Ok(text),
+        Err(_) if cancel.is_cancelled() => Err(ExtractError::Cancelled),
+        Err(e) => Err(ExtractError::Invalid(format!("unreadable PDF: {e}"))),
+    }
+}
+
+/// Plain-text output that stops at the next page once the job is cancelled.
+struct Cancellable<'a, W: pdf_extract::ConvertToFmt> {
+    inner: PlainTextOutput<W>,
+    cancel: &'a CancellationToken,
+}
+
+impl<W: pdf_extract::ConvertToFmt> OutputDev for Cancellable<'_, W> {
+    fn begin_page(
+        &mut self,
+        page_num: u32,
+        media_box: &MediaBox,
+        art_box: Option<(f64, f64, f64, f64)>,
+    ) -> Result<(), OutputError> {
+        if self.cancel.is_cancelled() {
+            return Err(OutputError::IoError(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "cancelled",
+            )));
+        }
+        self.inner.begin_page(page_num, media_box, art_box)
+    }
+    fn end_page(&mut self) -> Result<(), OutputError> {
+        self.inner.end_page()?;
+        // Pages run together otherwise, gluing the last word of one to the first of the next.
+        self.inner.end_line()
+    }
+    fn output_character(
+        &mut self,
+        trm: &Transform,
+        width: f64,
+        spacing: f64,
+        font_size: f64,
+        char: &str,
+    ) -> Result<(), OutputError> {
+        self.inner
+            .output_character(trm, width, spacing, font_size, char)
+    }
+    fn begin_word(&mut self) -> Result<(), OutputError> {
+        self.inner.begin_word()
+    }
+    fn end_word(&mut self) -> Result<(), OutputError> {
+        self.inner.end_word()
+    }
+    fn end_line(&mut self) -> Result<(), OutputError> {
+        self.inner.end_line()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pdf_extract::encryption::{EncryptionState, EncryptionVersion, Permissions};
+
+    /// The file identifier in the trailer; encryption derives its key from it.
+    const ID: &str = "00112233445566778899aabbccddeeff";
+
+    /// A one-page PDF with one line of Helvetica text, offsets computed as it is built.
+    pub fn minimal_pdf(text: &str) -> Vec<u8> {
+        let stream = format!("BT /F1 24 Tf 72 700 Td ({text}) Tj ET");
+        let objects = [
+            "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+            "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
+             /Resources << /Font << /F1 5 0 R >> >> >>"
+                .to_string(),
+            format!(
+                "<< /Length {} >>\nstream\n{stream}\nendstream",
+                stream.len()
+            ),
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+        ];
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        let mut offsets = Vec::new();
+        for (i, body) in objects.iter().enumerate() {
+            offsets.push(pdf.len());
+            pdf.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
+        }
+        let xref = pdf.len();
+        pdf.extend_from_slice(
+            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+        );
+        for offset in offsets {
+            pdf.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+        }
+        pdf.extend_from_slice(
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R /ID [<{ID}> <{ID}>] >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .as_bytes(),
+        );
+        pdf
+    }
+
+    #[test]
+    fn reads_text_and_refuses_garbage() {
+        let token = CancellationToken::new();
+        let text = to_text(&minimal_pdf("Hello quokka"), &token).unwrap();
+        assert!(text.contains("Hello quokka"), "{text:?}");
+        let corrupt = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 9 0 R";
+        assert!(matches!(
+            to_text(corrupt, &token),
+            Err(ExtractError::Invalid(_))
+        ));
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        assert!(matches!(
+            to_text(&minimal_pdf("x"), &cancelled),
+            Err(ExtractError::Cancelled)
+        ));
+    }
+
+    #[test]
+    fn a_password_protected_pdf_fails_cleanly() {
+        let mut document = Document::load_mem(&minimal_pdf("secret words")).unwrap();
+        let version = EncryptionVersion::V2 {
+            document: &document,
+            owner_password: "owner",
+            user_password: "user",
+            key_length: 128,
+            permissions: Permissions::all(),
+        };
+        let state = EncryptionState::try_from(version).unwrap();
+        document.encrypt(&state).unwrap();
+        let mut bytes = Vec::new();
+        document.save_to(&mut bytes).unwrap();
+        let error = to_text(&bytes, &CancellationToken::new()).unwrap_err();
+        assert!(error.to_string().contains("encrypted"), "{error}");
+    }
+}

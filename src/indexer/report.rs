@@ -1,0 +1,122 @@
+//! The small handle a job reports through. The job does not know who listens: the hub
+//! (server), a terminal progress bar (CLI) or nobody (benchmark).
+
+use serde_json::json;
+
+use crate::hub::{Hub, HubError, ProgressUpdate, TaskId};
+
+/// Where a job is. Each stage is announced once, before its first progress report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Listing the files, so that `total` is known before any is read.
+    Counting,
+    /// Reading, extracting and indexing the files.
+    Indexing,
+    /// Removing documents of files that are gone, then committing the index.
+    Committing,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Counting => "counting",
+            Stage::Indexing => "indexing",
+            Stage::Committing => "committing",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Stage::Counting => "Counting files",
+            Stage::Indexing => "Indexing files",
+            Stage::Committing => "Committing the index",
+        }
+    }
+}
+
+/// The job's state at one report.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// Files accounted for so far (in any way: indexed, unchanged, skipped, failed).
+    pub processed: u64,
+    /// Files listed (0 while counting).
+    pub total: u64,
+    /// Files listed so far while counting.
+    pub found: u64,
+    /// The last file accounted for, relative to the folder.
+    pub current_file: String,
+    pub indexed: u64,
+    pub unchanged: u64,
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+/// Whoever follows the job is gone or has ended the task: the job must stop.
+#[derive(Debug)]
+pub struct Stopped;
+
+pub trait Report: Send {
+    /// A new stage begins; whoever listens should see it even if updates are merged.
+    fn stage(&mut self, stage: Stage, progress: &Progress) -> Result<(), Stopped>;
+    /// More files were accounted for.
+    fn progress(&mut self, stage: Stage, progress: &Progress) -> Result<(), Stopped>;
+}
+
+/// Reports nothing (benchmarks, tests).
+pub struct Silent;
+
+impl Report for Silent {
+    fn stage(&mut self, _: Stage, _: &Progress) -> Result<(), Stopped> {
+        Ok(())
+    }
+    fn progress(&mut self, _: Stage, _: &Progress) -> Result<(), Stopped> {
+        Ok(())
+    }
+}
+
+/// Reports to a task of the hub. A task that was finished from outside (cancelled
+/// through the API) answers `Finished`, which stops the job.
+pub struct HubReporter {
+    pub hub: Hub,
+    pub task_id: TaskId,
+}
+
+impl HubReporter {
+    fn send(&self, stage: Stage, p: &Progress) -> Result<(), Stopped> {
+        let update = ProgressUpdate {
+            processed: Some(p.processed),
+            total: Some(p.total),
+            current_file: Some(p.current_file.clone()),
+            progress: None,
+            message: Some(stage.message().to_string()),
+            detail: Some(json!({
+                "stage": stage.as_str(),
+                "found": p.found,
+                "indexed": p.indexed,
+                "unchanged": p.unchanged,
+                "skipped": p.skipped,
+                "failed": p.failed,
+            })),
+        };
+        match self.hub.progress(&self.task_id, update) {
+            Ok(_) => Ok(()),
+            Err(HubError::Finished(_) | HubError::NotFound) => Err(Stopped),
+            Err(error) => {
+                // A store hiccup must not kill the job; the next report carries it all.
+                tracing::warn!(task_id = %self.task_id, %error, "progress report failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Report for HubReporter {
+    fn stage(&mut self, stage: Stage, progress: &Progress) -> Result<(), Stopped> {
+        self.send(stage, progress)?;
+        self.hub.publish_now(&self.task_id).map_err(|_| Stopped)
+    }
+
+    fn progress(&mut self, stage: Stage, progress: &Progress) -> Result<(), Stopped> {
+        self.send(stage, progress)
+    }
+}
