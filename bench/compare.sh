@@ -78,7 +78,10 @@ wait_port() {
 }
 
 start_hub() { # name port coalesce_ms
+    # The subscriber limits (1,000 per task, 10,000 in all by default) are raised to
+    # what the scenarios open; everything else is the default configuration.
     "$HUB_BIN" --listen "127.0.0.1:$2" --coalesce-ms "$3" --data-dir "$WORK/data-$1" \
+        --max-subscribers-per-task 100000 --max-subscribers 100000 \
         >"$WORK/$1.log" 2>&1 &
     PID[$1]=$!
     wait_port "$2"
