@@ -174,26 +174,18 @@ async fn bad_inputs_get_clear_json_errors_and_lose_nothing() {
         body: huge.into_bytes(),
         ..case(Method::POST, progress, "", 413, "larger")
     });
-    cases.push(Case {
-        content_type: Some("text/plain"),
-        ..case(
-            Method::POST,
-            progress,
-            r#"{"processed": 1}"#,
-            415,
-            "application/json",
-        )
-    });
-    cases.push(Case {
-        content_type: None,
-        ..case(
-            Method::POST,
-            progress,
-            r#"{"processed": 1}"#,
-            415,
-            "application/json",
-        )
-    });
+    for content_type in [Some("text/plain"), None] {
+        cases.push(Case {
+            content_type,
+            ..case(
+                Method::POST,
+                progress,
+                r#"{"processed": 1}"#,
+                415,
+                "application/json",
+            )
+        });
+    }
     cases.push(Case {
         body: b"{\"current_file\": \"\xff\xfe\"}".to_vec(),
         ..case(Method::POST, progress, "", 400, "Malformed JSON")

@@ -126,25 +126,19 @@ async fn etag_and_if_none_match() {
     app.create_task("etag", 10).await;
     let response = app.get("/api/index-progress/etag").await;
     assert_eq!(response.headers()["etag"], "\"1\"");
-    let not_modified = app
-        .client
-        .get(app.url("/api/index-progress/etag"))
-        .header("If-None-Match", "\"1\"")
-        .send()
-        .await
-        .unwrap();
+    let if_none_match_1 = || {
+        app.client
+            .get(app.url("/api/index-progress/etag"))
+            .header("If-None-Match", "\"1\"")
+            .send()
+    };
+    let not_modified = if_none_match_1().await.unwrap();
     assert_eq!(not_modified.status(), 304);
     assert_eq!(not_modified.headers()["etag"], "\"1\"");
     assert!(not_modified.text().await.unwrap().is_empty());
 
     app.progress("etag", json!({"processed": 1})).await;
-    let changed = app
-        .client
-        .get(app.url("/api/index-progress/etag"))
-        .header("If-None-Match", "\"1\"")
-        .send()
-        .await
-        .unwrap();
+    let changed = if_none_match_1().await.unwrap();
     assert_eq!(changed.status(), 200);
     assert_eq!(changed.headers()["etag"], "\"2\"");
 }
