@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::helpers::{spawn_app_with, task_id, within, SseClient, TestApp};
+use crate::pdf_fixture::{minimal_pdf, pdf_from_objects, pdf_objects};
 
 /// A server whose index root(s) are given and whose data directory is its own.
 struct Server {
@@ -168,48 +169,6 @@ impl Events {
             }
         }
     }
-}
-
-/// A one-page PDF with one line of text, its cross-reference table computed as built.
-fn minimal_pdf(text: &str) -> Vec<u8> {
-    pdf_from_objects(&pdf_objects(text))
-}
-
-/// The objects of [`minimal_pdf`]: catalog, pages, page, content stream, font.
-fn pdf_objects(text: &str) -> Vec<String> {
-    let stream = format!("BT /F1 24 Tf 72 700 Td ({text}) Tj ET");
-    vec![
-        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
-         /Resources << /Font << /F1 5 0 R >> >> >>"
-            .to_string(),
-        format!(
-            "<< /Length {} >>\nstream\n{stream}\nendstream",
-            stream.len()
-        ),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
-    ]
-}
-
-/// A well-formed file (header, objects, cross-reference table, trailer) around `objects`.
-fn pdf_from_objects(objects: &[String]) -> Vec<u8> {
-    let mut pdf = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, body) in objects.iter().enumerate() {
-        offsets.push(pdf.len());
-        pdf.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
-    }
-    let xref = pdf.len();
-    let count = objects.len() + 1;
-    pdf.extend_from_slice(format!("xref\n0 {count}\n0000000000 65535 f \n").as_bytes());
-    for offset in offsets {
-        pdf.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-    }
-    pdf.extend_from_slice(
-        format!("trailer\n<< /Size {count} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes(),
-    );
-    pdf
 }
 
 /// A DOCX holding the paragraphs given (only the part the indexer reads, plus the

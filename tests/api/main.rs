@@ -1,6 +1,8 @@
 //! Black-box tests: a real server on port 0, real HTTP, SSE and WebSocket clients.
 
 mod helpers;
+#[path = "../fixtures/pdf.rs"]
+mod pdf_fixture;
 mod raw;
 
 mod bad_inputs;

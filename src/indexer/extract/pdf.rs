@@ -80,50 +80,14 @@ impl<W: pdf_extract::ConvertToFmt> OutputDev for Cancellable<'_, W> {
 }
 
 #[cfg(test)]
+#[path = "../../../tests/fixtures/pdf.rs"]
+mod pdf_fixture;
+
+#[cfg(test)]
 mod tests {
+    use super::pdf_fixture::minimal_pdf;
     use super::*;
     use pdf_extract::encryption::{EncryptionState, EncryptionVersion, Permissions};
-
-    /// The file identifier in the trailer; encryption derives its key from it.
-    const ID: &str = "00112233445566778899aabbccddeeff";
-
-    /// A one-page PDF with one line of Helvetica text, offsets computed as it is built.
-    pub fn minimal_pdf(text: &str) -> Vec<u8> {
-        let stream = format!("BT /F1 24 Tf 72 700 Td ({text}) Tj ET");
-        let objects = [
-            "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
-            "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
-             /Resources << /Font << /F1 5 0 R >> >> >>"
-                .to_string(),
-            format!(
-                "<< /Length {} >>\nstream\n{stream}\nendstream",
-                stream.len()
-            ),
-            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
-        ];
-        let mut pdf = b"%PDF-1.4\n".to_vec();
-        let mut offsets = Vec::new();
-        for (i, body) in objects.iter().enumerate() {
-            offsets.push(pdf.len());
-            pdf.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
-        }
-        let xref = pdf.len();
-        pdf.extend_from_slice(
-            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-        );
-        for offset in offsets {
-            pdf.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-        }
-        pdf.extend_from_slice(
-            format!(
-                "trailer\n<< /Size {} /Root 1 0 R /ID [<{ID}> <{ID}>] >>\nstartxref\n{xref}\n%%EOF\n",
-                objects.len() + 1
-            )
-            .as_bytes(),
-        );
-        pdf
-    }
 
     #[test]
     fn reads_text_and_refuses_garbage() {
