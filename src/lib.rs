@@ -95,7 +95,7 @@ impl Application {
                 .map_err(|e| StartError::IndexRoots(std::io::Error::other(e)))?
                 .map_err(StartError::IndexRoots)?
         };
-        let state = AppState {
+        let state = AppState::new(api::Shared {
             hub,
             indexer,
             limits: Arc::new(api::Limits::new(&config, metrics.clone())),
@@ -105,7 +105,7 @@ impl Application {
             tracker: TaskTracker::new(),
             security: Arc::new(security),
             metrics,
-        };
+        });
         Ok(Application {
             listener,
             local_addr,

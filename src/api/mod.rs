@@ -36,9 +36,32 @@ use crate::hub::Hub;
 use crate::indexer::Indexer;
 use crate::telemetry::Metrics;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one shared [`Shared`] behind an `Arc`.
+///
+/// axum clones the state for every request (once to route it, once per `State`
+/// extractor). Cloning the fields one by one cost about 9 % of the server's CPU under a
+/// polling load (profiled with `perf`): two `CancellationToken` clones and drops each take
+/// the token tree's mutex, and every other field is an atomic increment. One `Arc` is one
+/// atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub hub: Hub,
     pub config: Arc<Config>,
     /// The built-in indexing job and search.
