@@ -1,9 +1,10 @@
 //! Extractors whose rejections speak the API's error format: a task id from the path,
 //! query strings, and JSON bodies read field by field so that every 422 names its field.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::http::{header, request::Parts};
 use http_body_util::LengthLimitError;
+use serde::de::value::MapDeserializer;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tower_http::timeout::TimeoutError;
@@ -19,10 +20,16 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskIdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        // The raw (percent-decoded) parameter, without serde and without a `String` on the
+        // way: this runs on every poll.
+        let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::InvalidTaskId)?;
-        TaskId::parse(&raw)
+        let mut params = params.iter();
+        let (Some((_, raw)), None) = (params.next(), params.next()) else {
+            return Err(ApiError::InvalidTaskId);
+        };
+        TaskId::parse(raw)
             .map(TaskIdPath)
             .map_err(|_| ApiError::InvalidTaskId)
     }
@@ -35,6 +42,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Most requests (every plain poll) carry no query: read an empty one directly. If
+        // that fails (a required parameter), the full path below words the error.
+        if parts.uri.query().is_none() {
+            let empty = MapDeserializer::<_, serde::de::value::Error>::new(std::iter::empty::<(
+                &str,
+                &str,
+            )>());
+            if let Ok(query) = T::deserialize(empty) {
+                return Ok(ApiQuery(query));
+            }
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| ApiQuery(q))

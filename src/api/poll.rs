@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -30,7 +30,9 @@ pub async fn poll(
     State(state): State<AppState>,
     ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<PollQuery>,
-    headers: HeaderMap,
+    // The request itself, not a `HeaderMap` (which would clone every header): only
+    // `If-None-Match` is read.
+    request: Request,
 ) -> Result<Response, ApiError> {
     let wait = match query.wait {
         Some(w) if w.is_finite() && w >= 0.0 => w.min(MAX_WAIT_SECS),
@@ -57,7 +59,7 @@ pub async fn poll(
         }
         _ => state.hub.get(&id).ok_or(ApiError::TaskNotFound)?,
     };
-    Ok(respond(&event, &headers))
+    Ok(respond(&event, request.headers()))
 }
 
 /// `200` with the snapshot, or `304` when the client's `If-None-Match` is current.
