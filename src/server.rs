@@ -53,7 +53,12 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Head and body copied into one buffer and sent with one `write`, rather than
+        // queued as separate buffers for `writev`: our answers are small (a poll is a few
+        // hundred bytes), and the copy costs less than hyper's buffer queue (measured on
+        // the poll route, see BENCHMARKS.md). Event streams leave hyper after their head.
+        .writev(false);
     let connections = TaskTracker::new();
     let fan_out = fan_out_runtime();
     let writers = fan_out.as_ref().map(|r| r.handle().clone());
