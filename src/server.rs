@@ -23,7 +23,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -77,9 +76,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let handoff = Arc::new(handoff::Connection::default());
         let socket = handoff::Socket::new(stream, handoff.clone());
+        // hyper's own `service_fn` is called by reference: unlike a tower service behind
+        // `TowerToHyperService`, it is not cloned (with everything it holds) per request.
         let service = {
             let (router, handoff, writers) = (router.clone(), handoff.clone(), writers.clone());
-            tower::service_fn(move |mut request: Request<Incoming>| {
+            hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let (router, handoff) = (router.clone(), handoff.clone());
                 // Only upgrades pay for the extension (its map is allocated on first insert).
                 if let Some(runtime) = &writers {
@@ -96,7 +97,7 @@ pub async fn serve(
             })
         };
         let connection = http
-            .serve_connection(TokioIo::new(socket), TowerToHyperService::new(service))
+            .serve_connection(TokioIo::new(socket), service)
             .with_upgrades();
         let (shutdown, tracker, writers) = (shutdown.clone(), connections.clone(), writers.clone());
         let grace = options.grace;
