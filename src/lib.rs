@@ -157,6 +157,7 @@ impl Application {
             header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
             grace: state.config.shutdown_grace(),
             open_connections: state.metrics.http_connections.clone(),
+            fan_out: state.hub.fan_out().cloned(),
         };
         server::serve(
             self.listener,
