@@ -140,6 +140,7 @@ impl FanOut {
         let built = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("fan-out")
+            .on_thread_start(lower_priority)
             .enable_all()
             .build();
         match built {
@@ -155,6 +156,23 @@ impl FanOut {
                 }
             }
         }
+    }
+}
+
+/// How much lower the fan-out threads' CPU priority is than the rest of the server's
+/// (a nice value; 10 gives them about a tenth of the weight of a thread at 0). Fan-out is
+/// bulk work that can saturate every core: with 10,000 subscribers at 100 events/s, a
+/// producer's request or a poll otherwise waits for a core behind it. Measured with
+/// `loadgen` at 10,000 subscribers, 100 events/s: publish ack p99 2.6-3.5 ms instead of
+/// 8-12 ms, with the same delivery rate. Other processes are not affected.
+const FAN_OUT_NICE: i32 = 10;
+
+/// Runs on each fan-out thread as it starts. On Linux the nice value is a per-thread
+/// setting, and raising it needs no privilege.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(None, FAN_OUT_NICE) {
+        tracing::debug!(%error, "cannot lower the fan-out threads' priority");
     }
 }
 
