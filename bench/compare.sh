@@ -26,9 +26,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d /tmp/progress-hub-bench.XXXXXX)"
 RESULTS="$WORK/results"
 mkdir -p "$RESULTS"
-HUB0_PORT=18180   # --coalesce-ms 0: every update is an event (raw fan-out)
-HUB50_PORT=18181  # the default coalescing window
-NCHAN_PORT=18182
+# Ports can be moved (for example beside another run): BENCH_PORT_BASE=19180.
+BASE="${BENCH_PORT_BASE:-18180}"
+HUB0_PORT=$BASE              # --coalesce-ms 0: every update is an event (raw fan-out)
+HUB50_PORT=$((BASE + 1))     # the default coalescing window
+NCHAN_PORT=$((BASE + 2))
 HUB_BIN="$ROOT/target/release/progress-hub"
 LOADGEN="$ROOT/target/release/loadgen"
 

@@ -292,6 +292,8 @@ impl Config {
             coalesce: Duration::from_millis(self.coalesce_ms),
             history_len: self.history as usize,
             channel_capacity: self.subscriber_buffer as usize,
+            // One fan-out thread per core.
+            fan_out_threads: std::thread::available_parallelism().map_or(2, usize::from),
             ..HubConfig::default()
         }
     }

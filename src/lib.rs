@@ -10,6 +10,7 @@ pub mod hub;
 pub mod indexer;
 mod janitor;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 
@@ -100,7 +101,7 @@ impl Application {
             indexer,
             limits: Arc::new(api::Limits::new(&config, metrics.clone())),
             config: Arc::new(config),
-            shutdown: CancellationToken::new(),
+            shutdown: shutdown::Shutdown::new(),
             draining: CancellationToken::new(),
             tracker: TaskTracker::new(),
             security: Arc::new(security),
@@ -141,7 +142,7 @@ impl Application {
                 tokio::time::sleep(drain).await;
             }
             tracing::info!("shutting down");
-            trigger.cancel();
+            trigger.trigger();
         });
         let janitor = tokio::spawn(janitor::run(
             state.hub.clone(),
@@ -150,18 +151,19 @@ impl Application {
                 stall_after: (state.config.stall_secs > 0)
                     .then(|| std::time::Duration::from_secs(state.config.stall_secs)),
             },
-            shutdown.clone(),
+            shutdown.token().clone(),
         ));
         let router = api::router(state.clone());
         let options = server::ServeOptions {
             header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
             grace: state.config.shutdown_grace(),
             open_connections: state.metrics.http_connections.clone(),
+            fan_out: state.hub.fan_out().cloned(),
         };
         server::serve(
             self.listener,
             router,
-            shutdown,
+            shutdown.token().clone(),
             state.tracker.clone(),
             options,
         )

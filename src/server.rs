@@ -6,9 +6,10 @@
 //!
 //! Event streams leave hyper once their headers are out (see [`handoff`]), so an idle
 //! subscriber costs its socket and its subscription, not a whole HTTP connection. Their
-//! writers then run on a runtime of their own: fanning one event out to 10,000 sockets is
-//! 10,000 tasks to run, and a producer's request (or a poll) must not wait behind them.
-//! WebSocket sessions run there too ([`FanOut`]).
+//! writers then run on the hub's fan-out runtime ([`crate::hub::Hub::fan_out`]): fanning
+//! one event out to 10,000 sockets is 10,000 tasks to run, and a producer's request (or a
+//! poll) must not wait behind them. The hub's relays, which wake those tasks, run there
+//! too, as do WebSocket sessions ([`FanOut`]).
 
 pub mod handoff;
 
@@ -38,6 +39,9 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// Counts open TCP connections (`progress_hub_http_connections`).
     pub open_connections: metrics::Gauge,
+    /// Where stream writers and WebSocket sessions run ([`crate::hub::Hub::fan_out`]);
+    /// `None`: beside everything else.
+    pub fan_out: Option<tokio::runtime::Handle>,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains. Upgraded
@@ -59,8 +63,7 @@ pub async fn serve(
         // the poll route, see BENCHMARKS.md). Event streams leave hyper after their head.
         .writev(false);
     let connections = TaskTracker::new();
-    let fan_out = fan_out_runtime();
-    let writers = fan_out.as_ref().map(|r| r.handle().clone());
+    let writers = options.fan_out;
     loop {
         let stream = tokio::select! {
             biased;
@@ -138,28 +141,6 @@ pub async fn serve(
             open = connections.len() + upgraded.len(),
             "grace period over; closing remaining connections"
         );
-    }
-    if let Some(runtime) = fan_out {
-        // Dropping a runtime may block; from async code it must be let go in the background.
-        runtime.shutdown_background();
-    }
-}
-
-/// The runtime that handed-off streams are written from, one thread per core. `None`
-/// (streams then run beside everything else) only if its threads cannot be started.
-fn fan_out_runtime() -> Option<tokio::runtime::Runtime> {
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("fan-out")
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => Some(runtime),
-        Err(error) => {
-            tracing::warn!(%error, "no separate fan-out runtime; streams share the main one");
-            None
-        }
     }
 }
 

@@ -83,6 +83,7 @@ pub const EVENTS_PUBLISHED: &str = "progress_hub_events_published_total";
 pub const FRAMES_DELIVERED: &str = "progress_hub_frames_delivered_total";
 pub const UPDATES_COALESCED: &str = "progress_hub_updates_coalesced_total";
 pub const LAG_RESYNCS: &str = "progress_hub_lag_resyncs_total";
+pub const RELAY_SKIPPED: &str = "progress_hub_relay_skipped_total";
 pub const REPLAYS: &str = "progress_hub_replays_total";
 pub const TASKS: &str = "progress_hub_tasks";
 pub const LIMIT_REJECTIONS: &str = "progress_hub_limit_rejections_total";
@@ -113,6 +114,7 @@ pub struct Metrics {
     events_published: Counter,
     updates_coalesced: Counter,
     lag_resyncs: Counter,
+    relay_skipped: Counter,
     replays: Counter,
     tasks: [Gauge; 5],
     store: StoreMetrics,
@@ -160,6 +162,11 @@ impl Metrics {
         );
         describe(
             r,
+            RELAY_SKIPPED,
+            "Events the fan-out fell too far behind to relay; live subscribers got a newer snapshot.",
+        );
+        describe(
+            r,
             REPLAYS,
             "Subscriptions that resumed from a Last-Event-ID.",
         );
@@ -191,6 +198,7 @@ impl Metrics {
             events_published: counter(r, key(EVENTS_PUBLISHED, &[])),
             updates_coalesced: counter(r, key(UPDATES_COALESCED, &[])),
             lag_resyncs: counter(r, key(LAG_RESYNCS, &[])),
+            relay_skipped: counter(r, key(RELAY_SKIPPED, &[])),
             replays: counter(r, key(REPLAYS, &[])),
             tasks: Status::ALL.map(|s| gauge(r, status(s))),
             store: StoreMetrics {
@@ -239,6 +247,7 @@ impl Metrics {
         self.updates_coalesced
             .absolute(load(&stats.updates_coalesced));
         self.lag_resyncs.absolute(load(&stats.lag_resyncs));
+        self.relay_skipped.absolute(load(&stats.relay_skipped));
         self.replays.absolute(load(&stats.replays));
         let counts = hub.count_by_status();
         for (gauge, count) in self.tasks.iter().zip(counts) {

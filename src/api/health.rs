@@ -24,7 +24,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
         message: message.to_string(),
         retry_after_secs: NOT_READY_RETRY_AFTER_SECS,
     };
-    if state.draining.is_cancelled() || state.shutdown.is_cancelled() {
+    if state.draining.is_cancelled() || state.shutdown.is_triggered() {
         return Err(not_ready("Shutting down"));
     }
     if !store.is_healthy() {

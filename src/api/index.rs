@@ -50,7 +50,7 @@ pub async fn index_folder(
     let id = event.task_id().clone();
     state
         .indexer
-        .spawn(&state.hub, id.clone(), folder, &state.shutdown);
+        .spawn(&state.hub, id.clone(), folder, state.shutdown.token());
     tracing::info!(task_id = %id, producer = %producer.label, "indexing job started");
     Ok(started_for(&state, StatusCode::ACCEPTED, &id))
 }

@@ -34,6 +34,7 @@ pub use limits::Limits;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::indexer::Indexer;
+use crate::shutdown::Shutdown;
 use crate::telemetry::Metrics;
 
 /// What every handler can reach: one shared [`Shared`] behind an `Arc`.
@@ -66,8 +67,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// The built-in indexing job and search.
     pub indexer: Indexer,
-    /// Cancelled when the server starts shutting down; every stream watches it.
-    pub shutdown: CancellationToken,
+    /// Triggered when the server starts shutting down; every stream watches it.
+    pub shutdown: Shutdown,
     /// Cancelled as soon as a shutdown signal arrives, before `shutdown` (which waits for
     /// the drain period): `/readyz` turns 503 while streams are still served.
     pub draining: CancellationToken,

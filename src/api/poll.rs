@@ -54,7 +54,7 @@ pub async fn poll(
                     event?
                 }
                 // A stopping server answers at once with what it has.
-                _ = state.shutdown.cancelled() => hub.get(&id).ok_or(ApiError::TaskNotFound)?,
+                _ = state.shutdown.wait() => hub.get(&id).ok_or(ApiError::TaskNotFound)?,
             }
         }
         _ => state.hub.get(&id).ok_or(ApiError::TaskNotFound)?,

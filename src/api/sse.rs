@@ -18,7 +18,6 @@ use bytes::Bytes;
 use futures_util::stream;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::auth::Lister;
 use super::error::ApiError;
@@ -29,6 +28,7 @@ use super::AppState;
 use crate::config::Config;
 use crate::hub::{AllSubscription, Subscription};
 use crate::server::handoff::Handoff;
+use crate::shutdown::ShutdownWait;
 use crate::telemetry::{DeliverySampler, Transport};
 
 /// How long EventSource waits before reconnecting after the stream ends.
@@ -131,9 +131,9 @@ impl FrameSource for AllSubscription {
 
 struct StreamState<S> {
     source: S,
-    /// Registered with the token once, not re-created per event: re-registering under the
-    /// token's lock for every event of every stream showed up in the fan-out profile.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Built once and cheap to poll again (see [`crate::shutdown`]): polling a fresh
+    /// cancellation future per event of every stream showed up in the fan-out profile.
+    shutdown: ShutdownWait,
     heartbeat: Duration,
     last_write: Instant,
     /// One timer per stream, re-armed only when it fires: events do not touch it.
@@ -155,7 +155,7 @@ fn event_stream<S: FrameSource>(
     let heartbeat = state.config.heartbeat();
     let st = StreamState {
         source,
-        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
+        shutdown: state.shutdown.wait(),
         heartbeat,
         last_write: Instant::now(),
         timer: Box::pin(tokio::time::sleep(heartbeat)),
@@ -171,7 +171,7 @@ fn event_stream<S: FrameSource>(
         loop {
             tokio::select! {
                 biased;
-                _ = st.shutdown.as_mut() => return None,
+                _ = &mut st.shutdown => return None,
                 // Ends between frames: the client resumes after the last id it got.
                 _ = st.end_of_life.as_mut() => return None,
                 frame = st.source.next_frame() => {

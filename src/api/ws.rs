@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
-use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
@@ -24,6 +23,7 @@ use super::sse::{end_of_life, last_event_id, until, ResumeQuery};
 use super::AppState;
 use crate::hub::Subscription;
 use crate::server::FanOut;
+use crate::shutdown::ShutdownWait;
 use crate::telemetry::{DeliverySampler, Metrics, Transport};
 
 /// How long to wait for the client's answer to our close frame.
@@ -47,7 +47,7 @@ pub async fn task_ws(
     let subscription = state.hub.subscribe(&id, last)?;
     let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
     let socket_state = SocketState {
-        shutdown: state.shutdown.clone(),
+        shutdown: state.shutdown.wait(),
         heartbeat: state.config.heartbeat(),
         end_of_life: end_of_life(&state.config),
         metrics: state.metrics.clone(),
@@ -80,7 +80,8 @@ pub async fn task_ws(
 
 /// What one socket's loop needs besides its subscription.
 struct SocketState {
-    shutdown: CancellationToken,
+    /// Polled on every turn of the loop, so built once (see [`crate::shutdown`]).
+    shutdown: ShutdownWait,
     heartbeat: Duration,
     end_of_life: Option<tokio::time::Instant>,
     metrics: Arc<Metrics>,
@@ -88,7 +89,7 @@ struct SocketState {
     _place: SubscriberGuard,
 }
 
-async fn run(mut socket: WebSocket, subscription: Option<Subscription>, st: SocketState) {
+async fn run(mut socket: WebSocket, subscription: Option<Subscription>, mut st: SocketState) {
     let Some(mut subscription) = subscription else {
         // The client already has the terminal event.
         return close(socket, 1000, "task finished").await;
@@ -102,7 +103,7 @@ async fn run(mut socket: WebSocket, subscription: Option<Subscription>, st: Sock
     loop {
         tokio::select! {
             biased;
-            _ = st.shutdown.cancelled() => return close(socket, 1001, "server shutting down").await,
+            _ = &mut st.shutdown => return close(socket, 1001, "server shutting down").await,
             _ = &mut end_of_life => {
                 return close(socket, 1001, "stream lifetime reached; reconnect with last_event_id").await;
             }

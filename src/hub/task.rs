@@ -2,10 +2,20 @@
 //! since (at most one coalescing window ahead), its history ring and its live channel.
 //!
 //! Everything here runs under the task's own mutex. Publishing and subscribing both take
-//! it, which is what makes "snapshot or history, then live events" gap-free: no event can
-//! be sent between a subscriber reading the history and joining the channel.
+//! it, which is what makes "snapshot or history, then live events" gap-free: a subscriber
+//! joins the channel in the same critical section in which it reads the history, so every
+//! event after that history reaches it through the channel.
+//!
+//! Sending into the channel is not done under the lock, nor by the publisher: waking 10,000
+//! waiting subscribers takes milliseconds, and a producer's acknowledgement must not wait
+//! for it. A published event goes into the task's outbox, and a relay (one at a time per
+//! task, on the fan-out runtime, see [`super::Hub`]) sends the outbox in order. An event
+//! can therefore be both in the history a new subscriber reads and still on its way
+//! through the channel; subscriptions drop anything at or below the `seq` they have
+//! already handed out, so that overlap never shows as a duplicate.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -14,6 +24,7 @@ use tokio::sync::broadcast;
 use super::event::Event;
 use super::rate::RateEstimator;
 use super::snapshot::Snapshot;
+use super::Stats;
 
 /// A std mutex is right here: the critical sections are short, never await, and a task's
 /// lock is contended only by its own producer and its subscribers' joins.
@@ -32,8 +43,13 @@ pub(crate) struct TaskState {
     pub flush_scheduled: bool,
     /// The newest published events, oldest first, for `Last-Event-ID` replay.
     pub history: VecDeque<Event>,
-    /// `None` once the terminal event is out: dropping the sender ends every receiver.
+    /// `None` once the terminal event has been relayed: dropping the sender ends every
+    /// receiver.
     pub tx: Option<broadcast::Sender<Event>>,
+    /// Published events not yet sent into `tx`, oldest first (see the module docs).
+    pub outbox: VecDeque<Event>,
+    /// A relay is draining `outbox`; a publish that finds none running starts one.
+    pub relaying: bool,
     pub rate: RateEstimator,
 }
 
@@ -74,6 +90,8 @@ impl TaskCell {
                 flush_scheduled: false,
                 history,
                 tx,
+                outbox: VecDeque::new(),
+                relaying: false,
                 rate: RateEstimator::default(),
             }),
         }
@@ -91,9 +109,15 @@ impl TaskCell {
 }
 
 impl TaskState {
-    /// Encodes `working` as the next event, records it and sends it to live subscribers.
+    /// Encodes `working` as the next event, records it and queues it for live
+    /// subscribers. Returns the event and whether a relay must be started for the queue.
     /// The caller has already set `working.seq` to `published.seq + 1`.
-    pub fn publish(&mut self, history_len: usize) -> Event {
+    pub fn publish(
+        &mut self,
+        history_len: usize,
+        outbox_len: usize,
+        stats: &Stats,
+    ) -> (Event, bool) {
         let event = Event::encode(&self.working);
         self.published = event.clone();
         self.dirty = false;
@@ -107,14 +131,49 @@ impl TaskState {
         while self.history.len() > history_len.max(1) {
             self.history.pop_front();
         }
-        if let Some(tx) = &self.tx {
-            // An error only means nobody is listening right now.
-            let _ = tx.send(event.clone());
-        }
-        if event.is_terminal() {
+        let start_relay = match &self.tx {
+            // Nobody listens: the terminal event can end the channel at once.
+            Some(tx) if tx.receiver_count() == 0 && self.outbox.is_empty() => {
+                if event.is_terminal() {
+                    self.tx = None;
+                }
+                false
+            }
+            Some(_) => {
+                if self.outbox.len() >= outbox_len.max(1) {
+                    // The relay is this far behind only when the fan-out runtime is
+                    // starved, and then every subscriber would overflow its channel
+                    // anyway: drop the oldest, as a lagging subscriber skips to newer
+                    // snapshots (the state is cumulative). The terminal event is always
+                    // the newest, so it is never the one dropped.
+                    self.outbox.pop_front();
+                    stats.relay_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                self.outbox.push_back(event.clone());
+                !std::mem::replace(&mut self.relaying, true)
+            }
+            None => false,
+        };
+        (event, start_relay)
+    }
+
+    /// Takes what the relay is to send next, with the sender to send it on. `None` when
+    /// the outbox is empty: the relay is then over (a later publish starts a new one).
+    pub fn relay_batch(&mut self) -> Option<(VecDeque<Event>, broadcast::Sender<Event>)> {
+        let tx = match (&self.tx, self.outbox.is_empty()) {
+            (Some(tx), false) => tx.clone(),
+            _ => {
+                self.relaying = false;
+                return None;
+            }
+        };
+        let batch = std::mem::take(&mut self.outbox);
+        if batch.back().is_some_and(Event::is_terminal) {
+            // The relay's clone is then the last sender: once the batch is sent and the
+            // clone dropped, every receiver sees the channel end after the terminal event.
             self.tx = None;
         }
-        event
+        Some((batch, tx))
     }
 
     /// Decides where a subscriber that last saw `last_event_id` starts, and joins the live

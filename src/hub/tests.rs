@@ -160,13 +160,17 @@ async fn history_beyond_its_bound_falls_back_to_the_snapshot() {
     assert_eq!(json(&first)["processed"], 20);
 }
 
-#[tokio::test]
-async fn a_lagging_subscriber_skips_to_the_newest_snapshot_and_still_sees_the_end() {
-    let hub = hub_with(0, 4);
-    let t = task(&hub, "t");
+/// Publishes 1,000 changes and the end to a subscriber that reads nothing meanwhile, and
+/// returns the seqs it then reads. `relay_between`: let the relay run after each publish.
+async fn read_after_a_burst(hub: &Hub, relay_between: bool) -> Vec<u64> {
+    let t = task(hub, "t");
     let mut slow = hub.subscribe(&t, None).unwrap().unwrap();
     for n in 1..=1000 {
         hub.progress(&t, processed(n)).unwrap();
+        if relay_between {
+            // The test runs on one thread: this is where the spawned relay runs.
+            tokio::task::yield_now().await;
+        }
     }
     hub.finish(&t, Outcome::Completed { results: None })
         .await
@@ -182,7 +186,42 @@ async fn a_lagging_subscriber_skips_to_the_newest_snapshot_and_still_sees_the_en
         "a lagging reader must skip, got {}",
         seqs.len()
     );
+    seqs
+}
+
+#[tokio::test]
+async fn a_lagging_subscriber_skips_to_the_newest_snapshot_and_still_sees_the_end() {
+    let hub = hub_with(0, 4);
+    read_after_a_burst(&hub, true).await;
     assert!(hub.stats().lag_resyncs.load(Ordering::Relaxed) >= 1);
+    assert_eq!(hub.stats().relay_skipped.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_relay_that_falls_behind_skips_to_newer_snapshots_and_still_sends_the_end() {
+    let hub = hub_with(0, 4);
+    // No relay runs during the burst: the outbox keeps the newest 4 events.
+    let seqs = read_after_a_burst(&hub, false).await;
+    assert!(hub.stats().relay_skipped.load(Ordering::Relaxed) >= 990);
+    assert_eq!(seqs[seqs.len() - 4..], [999, 1000, 1001, 1002]);
+}
+
+/// Publishing does not wait for subscribers: the event is queued for the relay, which
+/// runs later (here: only when the test thread yields).
+#[tokio::test]
+async fn publishing_returns_before_subscribers_are_woken() {
+    let hub = hub_with(0, 16);
+    let t = task(&hub, "t");
+    let mut sub = hub.subscribe(&t, None).unwrap().unwrap();
+    assert_eq!(sub.next().await.unwrap().seq(), 1);
+    hub.progress(&t, processed(1)).unwrap();
+    let not_yet = futures_util::FutureExt::now_or_never(sub.next());
+    assert!(not_yet.is_none(), "delivered inside the publish call");
+    let event = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.seq(), 2);
 }
 
 /// Subscribers join at random moments while producers on other threads publish: each one
@@ -358,4 +397,27 @@ async fn all_stream_ids_keep_rising_across_a_restart() {
     let after = hub.subscribe_all(None).next().await.id();
     assert!(after > before, "{after} must be above {before}");
     assert!(after < (1 << 53), "ids stay exact in JavaScript");
+}
+
+/// The hub's own fan-out threads run at a lower CPU priority than the rest of the process,
+/// so that producers' requests do not wait for a core behind the fan-out.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn fan_out_threads_run_at_a_lower_priority_than_the_rest() {
+    let config = HubConfig {
+        fan_out_threads: 1,
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(config, Arc::new(MemoryStore::new(4))).unwrap();
+    let fan_out = hub.fan_out().expect("the hub runs its own fan-out runtime");
+    let there = fan_out
+        .spawn(async { rustix::process::getpriority_process(None).unwrap() })
+        .await
+        .unwrap();
+    let here = rustix::process::getpriority_process(None).unwrap();
+    assert!(
+        here < there,
+        "fan-out nice {there}, test thread nice {here}"
+    );
+    assert!(there >= super::FAN_OUT_NICE, "fan-out nice {there}");
 }

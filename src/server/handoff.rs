@@ -256,8 +256,10 @@ pub async fn write_stream(mut socket: TcpStream, mut frames: FrameStream) {
                 batch.clear();
             }
             // A client of an event stream has nothing more to send: readable means it
-            // closed the connection (or sent junk, which is read and ignored).
-            readable = socket.readable() => {
+            // closed the connection (or sent junk, which is read and ignored). The
+            // socket's own reader slot holds the waker: unlike `readable()`, re-arming it
+            // after every batch adds no waiter to a list and removes none.
+            readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => {
                 if readable.is_err() || client_closed(&socket) {
                     return;
                 }
@@ -301,20 +303,24 @@ fn client_closed(socket: &TcpStream) -> bool {
 /// Each frame as one chunk (`<hex length>\r\n<frame>\r\n`), then the last chunk if the
 /// stream `ended`, all in one `writev` when the socket takes it.
 async fn write_chunks(socket: &mut TcpStream, frames: &[Bytes], ended: bool) -> io::Result<()> {
+    // On the stack: this runs for every subscriber on every event.
     let mut size_lines = [[0u8; 20]; MAX_BATCH];
-    let mut parts = Vec::with_capacity(frames.len() * 3 + 1);
+    let mut parts = [IoSlice::new(&[]); MAX_BATCH * 3 + 1];
+    let mut used = 0;
     for (frame, line) in frames.iter().zip(size_lines.iter_mut()) {
         let mut cursor = &mut line[..];
         std::io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", frame.len()))?;
         let len = 20 - cursor.len();
-        parts.push(IoSlice::new(&line[..len]));
-        parts.push(IoSlice::new(frame));
-        parts.push(IoSlice::new(b"\r\n"));
+        parts[used] = IoSlice::new(&line[..len]);
+        parts[used + 1] = IoSlice::new(frame);
+        parts[used + 2] = IoSlice::new(b"\r\n");
+        used += 3;
     }
     if ended {
-        parts.push(IoSlice::new(b"0\r\n\r\n"));
+        parts[used] = IoSlice::new(b"0\r\n\r\n");
+        used += 1;
     }
-    let mut parts = &mut parts[..];
+    let mut parts = &mut parts[..used];
     while !parts.is_empty() {
         let written = socket.write_vectored(parts).await?;
         if written == 0 {

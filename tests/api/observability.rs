@@ -151,6 +151,7 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
         "progress_hub_frames_delivered_total",
         "progress_hub_updates_coalesced_total",
         "progress_hub_lag_resyncs_total",
+        "progress_hub_relay_skipped_total",
         "progress_hub_replays_total",
         "progress_hub_tasks",
         "progress_hub_limit_rejections_total",

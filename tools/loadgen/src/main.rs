@@ -75,6 +75,12 @@ struct Args {
     /// Milliseconds to let the server settle before reading its RSS with everyone connected.
     #[arg(long, default_value_t = 500)]
     settle_ms: u64,
+    /// Nice value for the publishing thread once the subscribers are connected (negative
+    /// needs root). The workers reading thousands of sockets compete with the server and
+    /// with the publisher for the same cores; without this, the acknowledgement measured
+    /// includes the publisher's own wait for a core. The workers keep their priority.
+    #[arg(long, allow_hyphen_values = true)]
+    publisher_nice: Option<i32>,
     /// A name for the run, copied into the summary.
     #[arg(long, default_value = "")]
     label: String,
@@ -181,7 +187,13 @@ async fn drive(args: Args) -> std::io::Result<Value> {
     tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
     let rss_connected = measure::total_rss_kib(pids);
 
-    // Publish.
+    // Publish. This thread is the publisher (a current-thread runtime), and on Linux the
+    // nice value is per thread, so the workers, already started, keep theirs.
+    if let Some(nice) = args.publisher_nice {
+        if let Err(error) = rustix::process::setpriority_process(None, nice) {
+            eprintln!("cannot set the publisher's nice value to {nice}: {error}");
+        }
+    }
     let mut acks = measure::histogram();
     let (mut published, mut publish_errors) = (0u64, 0u64);
     let publish_start_ns = now_ns();
@@ -263,6 +275,7 @@ async fn drive(args: Args) -> std::io::Result<Value> {
 
     Ok(json!({
         "label": args.label,
+        "publisher_nice": args.publisher_nice,
         "target": format!("{:?}", args.target).to_lowercase(),
         "transport": if args.ws { "ws" } else { "sse" },
         "subs": args.subs,
