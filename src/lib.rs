@@ -153,12 +153,18 @@ impl Application {
             },
             shutdown.token().clone(),
         ));
+        // Kept until the end: handlers may have spawned work there (an indexing job) that
+        // shutdown below still waits for.
+        let connection_runtimes = server::ConnectionRuntimes::start(
+            std::thread::available_parallelism().map_or(2, usize::from),
+        );
         let router = api::router(state.clone());
         let options = server::ServeOptions {
             header_timeout: std::time::Duration::from_secs(state.config.header_timeout_secs),
             grace: state.config.shutdown_grace(),
             open_connections: state.metrics.http_connections.clone(),
             fan_out: state.hub.fan_out().cloned(),
+            connection_runtimes: connection_runtimes.handles(),
         };
         server::serve(
             self.listener,
@@ -178,6 +184,7 @@ impl Application {
         if let Err(error) = state.hub.store().flush().await {
             tracing::error!(%error, "final store flush failed");
         }
+        drop(connection_runtimes);
         tracing::info!("stopped");
     }
 }

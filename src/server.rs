@@ -24,7 +24,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -42,6 +42,9 @@ pub struct ServeOptions {
     /// Where stream writers and WebSocket sessions run ([`crate::hub::Hub::fan_out`]);
     /// `None`: beside everything else.
     pub fan_out: Option<tokio::runtime::Handle>,
+    /// Where connections are served ([`ConnectionRuntimes`]); empty: on the runtime
+    /// `serve` runs on.
+    pub connection_runtimes: Vec<tokio::runtime::Handle>,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains. Upgraded
@@ -57,13 +60,18 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
         .keep_alive(true)
+        // A client may send its request and then shut down its sending side (FIN) while
+        // it waits for the answer; without this hyper drops such a request if it notices
+        // the FIN before answering, which depends on timing.
+        .half_close(true)
         // Head and body copied into one buffer and sent with one `write`, rather than
         // queued as separate buffers for `writev`: our answers are small (a poll is a few
         // hundred bytes), and the copy costs less than hyper's buffer queue (measured on
         // the poll route, see BENCHMARKS.md). Event streams leave hyper after their head.
         .writev(false);
     let connections = TaskTracker::new();
-    let writers = options.fan_out;
+    let runtimes = &options.connection_runtimes;
+    let mut turn = 0usize;
     loop {
         let stream = tokio::select! {
             biased;
@@ -77,12 +85,79 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            http: http.clone(),
+            router: router.clone(),
+            shutdown: shutdown.clone(),
+            grace: options.grace,
+            writers: options.fan_out.clone(),
+            tracker: connections.clone(),
+            // A handed-off stream keeps counting as an open connection: the socket is open.
+            open: OpenConnection::new(&options.open_connections),
+        };
+        if runtimes.is_empty() {
+            connections.spawn(connection.serve(stream));
+            continue;
+        }
+        // Round robin over the connection runtimes; the socket moves to the chosen
+        // runtime's reactor.
+        let runtime = &runtimes[turn % runtimes.len()];
+        turn = turn.wrapping_add(1);
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        runtime.spawn(connections.track_future(async move {
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                connection.serve(stream).await;
+            }
+        }));
+    }
+    drop(listener);
+    connections.close();
+    upgraded.close();
+    let drained = tokio::time::timeout(options.grace, async {
+        connections.wait().await;
+        upgraded.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len() + upgraded.len(),
+            "grace period over; closing remaining connections"
+        );
+    }
+}
+
+/// What one connection's task needs.
+struct Connection {
+    http: http1::Builder,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+    writers: Option<tokio::runtime::Handle>,
+    tracker: TaskTracker,
+    open: OpenConnection,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 on `stream` until the client leaves, the server shuts down, or an
+    /// event stream's head is out (its writer then carries on without hyper).
+    async fn serve(self, stream: TcpStream) {
+        let Connection {
+            http,
+            router,
+            shutdown,
+            grace,
+            writers,
+            tracker,
+            open,
+        } = self;
         let handoff = Arc::new(handoff::Connection::default());
         let socket = handoff::Socket::new(stream, handoff.clone());
         // hyper's own `service_fn` is called by reference: unlike a tower service behind
         // `TowerToHyperService`, it is not cloned (with everything it holds) per request.
         let service = {
-            let (router, handoff, writers) = (router.clone(), handoff.clone(), writers.clone());
+            let (handoff, writers) = (handoff.clone(), writers.clone());
             hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let (router, handoff) = (router.clone(), handoff.clone());
                 // Only upgrades pay for the extension (its map is allocated on first insert).
@@ -99,48 +174,81 @@ pub async fn serve(
                 }
             })
         };
-        let connection = http
-            .serve_connection(TokioIo::new(socket), service)
-            .with_upgrades();
-        let (shutdown, tracker, writers) = (shutdown.clone(), connections.clone(), writers.clone());
-        let grace = options.grace;
-        // A handed-off stream keeps counting as an open connection: the socket is open.
-        let open = OpenConnection::new(&options.open_connections);
-        connections.spawn(async move {
-            {
-                let mut connection = std::pin::pin!(connection);
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(%error, "connection ended with an error");
-                        }
-                    }
-                    _ = handoff.head_flushed() => {}
-                    _ = shutdown.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(grace, connection.as_mut()).await;
+        {
+            let connection = http
+                .serve_connection(TokioIo::new(socket), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
                     }
                 }
-                // Leaving this block drops hyper's connection state and buffers.
+                _ = handoff.head_flushed() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(grace, connection.as_mut()).await;
+                }
             }
-            if let Some((socket, frames)) = handoff.take() {
-                handoff::spawn_writer(socket, frames, open, writers.as_ref(), &tracker);
-            }
-        });
+            // Leaving this block drops hyper's connection state and buffers.
+        }
+        if let Some((socket, frames)) = handoff.take() {
+            handoff::spawn_writer(socket, frames, open, writers.as_ref(), &tracker);
+        }
     }
-    drop(listener);
-    connections.close();
-    upgraded.close();
-    let drained = tokio::time::timeout(options.grace, async {
-        connections.wait().await;
-        upgraded.wait().await;
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open = connections.len() + upgraded.len(),
-            "grace period over; closing remaining connections"
-        );
+}
+
+/// Single-threaded runtimes, one per core, that HTTP connections are spread over. On the
+/// work-stealing runtime a request's wake-ups crossed threads (parking and unparking the
+/// other worker was about 12 % of the poll profile); here a connection's socket, timer and
+/// tasks stay on one thread. Handlers' own spawns (an indexing job, a WebSocket upgrade)
+/// run there too, so the runtimes live as long as the application, not just the accept
+/// loop: dropping this stops them.
+pub struct ConnectionRuntimes {
+    handles: Vec<tokio::runtime::Handle>,
+    /// Dropping a sender ends its runtime's thread, which drops the runtime there.
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ConnectionRuntimes {
+    /// `count` runtimes on threads of their own; fewer (down to none: connections then
+    /// run on the caller's runtime) if threads cannot be started.
+    pub fn start(count: usize) -> ConnectionRuntimes {
+        let mut runtimes = ConnectionRuntimes {
+            handles: Vec::with_capacity(count),
+            _stops: Vec::with_capacity(count),
+        };
+        for n in 0..count {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start a connection runtime");
+                    break;
+                }
+            };
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("http-{n}"))
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                });
+            if let Err(error) = thread {
+                tracing::warn!(%error, "cannot start a connection runtime's thread");
+                break;
+            }
+            runtimes.handles.push(handle);
+            runtimes._stops.push(stop);
+        }
+        runtimes
+    }
+
+    pub fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.handles.clone()
     }
 }
 
