@@ -48,10 +48,9 @@ pub struct HubConfig {
     pub channel_capacity: usize,
     /// Events kept for replay on the all-tasks stream.
     pub all_history_len: usize,
-    /// Threads of the hub's own fan-out runtime, where relays wake a task's subscribers
-    /// (see [`task`]) and where the server runs streams (see [`Hub::fan_out`]), so that
-    /// those wake-ups stay local to one runtime. 0: no runtime of its own, everything runs
-    /// on the runtime the hub is built on.
+    /// Threads of the hub's own fan-out runtime, where the server runs streams (see
+    /// [`Hub::fan_out`]). 0: no runtime of its own, everything runs on the runtime the
+    /// hub is built on.
     pub fan_out_threads: usize,
 }
 
@@ -121,7 +120,7 @@ struct Shared {
     fan_out: FanOut,
 }
 
-/// The runtime relays and streams run on: the hub's own, or the one it was built on.
+/// The runtime streams run on: the hub's own, or the one it was built on.
 struct FanOut {
     handle: tokio::runtime::Handle,
     /// Set when the runtime is the hub's own; it stops when the hub goes.
@@ -160,12 +159,13 @@ impl FanOut {
 }
 
 /// How much lower the fan-out threads' CPU priority is than the rest of the server's
-/// (a nice value; 10 gives them about a tenth of the weight of a thread at 0). Fan-out is
+/// (a nice value; 5 gives them about a third of the weight of a thread at 0). Fan-out is
 /// bulk work that can saturate every core: with 10,000 subscribers at 100 events/s, a
-/// producer's request or a poll otherwise waits for a core behind it. Measured with
-/// `loadgen` at 10,000 subscribers, 100 events/s: publish ack p99 2.6-3.5 ms instead of
-/// 8-12 ms, with the same delivery rate. Other processes are not affected.
-const FAN_OUT_NICE: i32 = 10;
+/// producer's request or a poll otherwise waits for a core behind it. A third rather
+/// than a tenth (nice 10): the fan-out must still keep up beside an indexing job's
+/// threads. The measured effect is small next to the noise of a shared 2-core machine
+/// (BENCHMARKS.md). Other processes are not affected.
+const FAN_OUT_NICE: i32 = 5;
 
 /// Runs on each fan-out thread as it starts. On Linux the nice value is a per-thread
 /// setting, and raising it needs no privilege.
@@ -251,8 +251,7 @@ impl Hub {
         }
     }
 
-    /// The hub's own fan-out runtime, if it has one: streams that run there are woken by
-    /// relays on the same runtime.
+    /// The hub's own fan-out runtime, if it has one, for the server's streams.
     pub fn fan_out(&self) -> Option<&tokio::runtime::Handle> {
         self.shared
             .fan_out
@@ -558,7 +557,11 @@ impl Shared {
         self.after_publish(&event);
         if start_relay {
             let cell = Arc::clone(cell);
-            self.fan_out.handle.spawn(async move { relay(&cell) });
+            // Not on the fan-out runtime, although the streams it wakes live there: a
+            // relay spawned there queued behind the thousands of stream tasks it had just
+            // woken, and every event waited a whole fan-out round before being sent
+            // (10,000 subscribers at 100/s: delivery p50 265-371 ms against 85-123 ms).
+            self.runtime.spawn(async move { relay(&cell) });
         }
         event
     }

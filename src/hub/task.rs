@@ -9,7 +9,8 @@
 //! Sending into the channel is not done under the lock, nor by the publisher: waking 10,000
 //! waiting subscribers takes milliseconds, and a producer's acknowledgement must not wait
 //! for it. A published event goes into the task's outbox, and a relay (one at a time per
-//! task, on the fan-out runtime, see [`super::Hub`]) sends the outbox in order. An event
+//! task, on the runtime the hub was built on, see [`super::Hub`]) sends the outbox in
+//! order. An event
 //! can therefore be both in the history a new subscriber reads and still on its way
 //! through the channel; subscriptions drop anything at or below the `seq` they have
 //! already handed out, so that overlap never shows as a duplicate.
@@ -141,8 +142,8 @@ impl TaskState {
             }
             Some(_) => {
                 if self.outbox.len() >= outbox_len.max(1) {
-                    // The relay is this far behind only when the fan-out runtime is
-                    // starved, and then every subscriber would overflow its channel
+                    // The relay is this far behind only when its runtime is starved,
+                    // and then every subscriber would overflow its channel
                     // anyway: drop the oldest, as a lagging subscriber skips to newer
                     // snapshots (the state is cumulative). The terminal event is always
                     // the newest, so it is never the one dropped.
