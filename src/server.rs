@@ -193,8 +193,8 @@ impl Connection {
             }
             // Leaving this block drops hyper's connection state and buffers.
         }
-        if let Some((socket, frames)) = handoff.take() {
-            handoff::spawn_writer(socket, frames, open, writers.as_ref(), &tracker);
+        if let Some((socket, body)) = handoff.take() {
+            handoff::spawn_writer(socket, body, open, writers.as_ref(), &tracker);
         }
     }
 }

@@ -17,7 +17,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+mod direct;
 
 use super::auth::Lister;
 use super::error::ApiError;
@@ -26,10 +29,11 @@ use super::limits::SubscriberGuard;
 use super::read_token::ReadableTask;
 use super::AppState;
 use crate::config::Config;
-use crate::hub::{AllSubscription, Subscription};
-use crate::server::handoff::Handoff;
+use crate::hub::AllSubscription;
+use crate::server::handoff::{write_stream, FrameStream, Handoff, Takeover};
 use crate::shutdown::ShutdownWait;
 use crate::telemetry::{DeliverySampler, Transport};
+use direct::DirectSource;
 
 /// How long EventSource waits before reconnecting after the stream ends.
 const RETRY_MS: u64 = 2000;
@@ -59,9 +63,9 @@ pub async fn task_events(
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::Sse, Some(&id))?;
-    match state.hub.subscribe(&id, last)? {
+    match DirectSource::subscribe(&state, &id, last)? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
-        Some(subscription) => Ok(event_stream(subscription, place, Transport::Sse, &state)),
+        Some(source) => Ok(event_stream(source, place, Transport::Sse, &state)),
     }
 }
 
@@ -98,24 +102,20 @@ pub async fn until(deadline: Option<Instant>) {
     }
 }
 
-/// A ready-to-send SSE frame and when its event was published.
+/// A ready-to-send SSE frame and, for an event, when it was published.
 pub struct Frame {
     pub bytes: Bytes,
-    pub published_at: std::time::Instant,
+    pub published_at: Option<std::time::Instant>,
 }
 
 /// Something that yields ready-to-send SSE frames until it has nothing more to say.
-pub trait FrameSource: Send + 'static {
+pub trait FrameSource: Send + Sized + 'static {
     fn next_frame(&mut self) -> impl Future<Output = Option<Frame>> + Send;
-}
 
-impl FrameSource for Subscription {
-    async fn next_frame(&mut self) -> Option<Frame> {
-        let event = self.next().await?;
-        Some(Frame {
-            bytes: event.sse_frame().clone(),
-            published_at: event.published_at(),
-        })
+    /// Writes the stream on a socket taken over from hyper (see [`Takeover`]): by
+    /// default the same frames, one stream task pulling them.
+    fn write(st: StreamState<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(write_stream(socket, frames(st)))
     }
 }
 
@@ -124,12 +124,12 @@ impl FrameSource for AllSubscription {
         let event = self.next().await;
         Some(Frame {
             bytes: event.sse_frame().clone(),
-            published_at: event.event().published_at(),
+            published_at: Some(event.event().published_at()),
         })
     }
 }
 
-struct StreamState<S> {
+pub struct StreamState<S> {
     source: S,
     /// Built once and cheap to poll again (see [`crate::shutdown`]): polling a fresh
     /// cancellation future per event of every stream showed up in the fan-out profile.
@@ -144,6 +144,16 @@ struct StreamState<S> {
     delivery: DeliverySampler,
     /// Held for its `Drop`: frees the subscriber's place.
     _place: SubscriberGuard,
+}
+
+impl<S: FrameSource> Takeover for StreamState<S> {
+    fn into_frames(self: Box<Self>) -> FrameStream {
+        frames(*self)
+    }
+
+    fn write(self: Box<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        S::write(*self, socket)
+    }
 }
 
 fn event_stream<S: FrameSource>(
@@ -164,37 +174,8 @@ fn event_stream<S: FrameSource>(
         delivery: DeliverySampler::new(state.metrics.clone(), transport),
         _place: place,
     };
-    let frames = stream::unfold(st, |mut st| async move {
-        if let Some(prelude) = st.prelude.take() {
-            return Some((prelude, st));
-        }
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut st.shutdown => return None,
-                // Ends between frames: the client resumes after the last id it got.
-                _ = st.end_of_life.as_mut() => return None,
-                frame = st.source.next_frame() => {
-                    let frame = frame?;
-                    st.last_write = Instant::now();
-                    st.delivery.delivered(frame.published_at);
-                    return Some((frame.bytes, st));
-                }
-                _ = st.timer.as_mut() => {
-                    let due = st.last_write + st.heartbeat;
-                    let now = Instant::now();
-                    if now >= due {
-                        st.last_write = now;
-                        st.timer.as_mut().reset(now + st.heartbeat);
-                        return Some((Bytes::from_static(KEEP_ALIVE), st));
-                    }
-                    st.timer.as_mut().reset(due);
-                }
-            }
-        }
-    });
     // The server may take the stream over from hyper once the headers are out.
-    let (handoff, body) = Handoff::new(Box::pin(frames));
+    let (handoff, body) = Handoff::new(Box::new(st));
     let mut response = (
         [
             (
@@ -212,4 +193,39 @@ fn event_stream<S: FrameSource>(
         .into_response();
     response.extensions_mut().insert(handoff);
     response
+}
+
+/// The stream's frames: the prelude, then events and keep-alives, until it ends.
+fn frames<S: FrameSource>(st: StreamState<S>) -> FrameStream {
+    Box::pin(stream::unfold(st, |mut st| async move {
+        if let Some(prelude) = st.prelude.take() {
+            return Some((prelude, st));
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut st.shutdown => return None,
+                // Ends between frames: the client resumes after the last id it got.
+                _ = st.end_of_life.as_mut() => return None,
+                frame = st.source.next_frame() => {
+                    let frame = frame?;
+                    st.last_write = Instant::now();
+                    if let Some(published_at) = frame.published_at {
+                        st.delivery.delivered(published_at);
+                    }
+                    return Some((frame.bytes, st));
+                }
+                _ = st.timer.as_mut() => {
+                    let due = st.last_write + st.heartbeat;
+                    let now = Instant::now();
+                    if now >= due {
+                        st.last_write = now;
+                        st.timer.as_mut().reset(now + st.heartbeat);
+                        return Some((Bytes::from_static(KEEP_ALIVE), st));
+                    }
+                    st.timer.as_mut().reset(due);
+                }
+            }
+        }
+    }))
 }

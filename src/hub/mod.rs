@@ -12,6 +12,7 @@ mod all;
 mod event;
 mod id;
 mod rate;
+mod sink;
 mod snapshot;
 mod subscription;
 mod task;
@@ -29,11 +30,12 @@ use bytes::Bytes;
 pub use all::{AllEvent, AllSubscription};
 pub use event::{Event, EventKind};
 pub use id::{InvalidTaskId, TaskId};
+pub use sink::{Attached, Sink};
 pub use snapshot::{Outcome, ProgressUpdate, Snapshot, Status, UpdateRejected};
 pub use subscription::Subscription;
 
 use crate::store::{Store, StoreError};
-use task::{StartPoint, TaskCell, TaskRef, TaskState};
+use task::{RelayBatch, StartPoint, TaskCell, TaskRef, TaskState};
 
 /// The error a running built-in job's task ends with when the process that ran it stopped.
 pub const INTERRUPTED_BY_RESTART: &str = "interrupted by restart";
@@ -264,6 +266,11 @@ impl Hub {
         &self.shared.stats
     }
 
+    /// The same counters, as a handle that outlives a borrow of the hub.
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
     }
@@ -403,6 +410,25 @@ impl Hub {
         }
     }
 
+    /// Follows one task through `sink` (see [`sink`]) from just after `last_event_id` (or
+    /// from its current snapshot). `Ok(None)`: the client already has the terminal event.
+    /// The sink leaves the task when the returned [`Attached`] is dropped.
+    pub fn subscribe_sink(
+        &self,
+        id: &TaskId,
+        last_event_id: Option<u64>,
+        sink: Arc<dyn Sink>,
+    ) -> Result<Option<Attached>, HubError> {
+        let cell = self.cell(id)?;
+        let Some((slot, last_seq)) = cell.lock().attach(last_event_id, &sink) else {
+            return Ok(None);
+        };
+        if last_seq > 0 {
+            self.shared.stats.replays.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Some(Attached::new(&cell, sink, slot)))
+    }
+
     /// The task's newest change as soon as its seq exceeds `since`, or its current state
     /// when `wait` runs out (long poll).
     pub async fn wait_for_change(
@@ -507,11 +533,14 @@ impl Hub {
         self.read_map().values().cloned().collect()
     }
 
-    /// How many live subscribers (streams and long polls) a task has right now.
+    /// How many live subscribers (streams, sinks and long polls) a task has right now.
     pub fn listeners(&self, id: &TaskId) -> usize {
         self.cell(id)
             .ok()
-            .and_then(|cell| Some(cell.lock().tx.as_ref()?.receiver_count()))
+            .map(|cell| {
+                let st = cell.lock();
+                st.tx.as_ref().map_or(0, |tx| tx.receiver_count()) + st.sinks.len()
+            })
             .unwrap_or(0)
     }
 
@@ -561,9 +590,19 @@ impl Shared {
             // relay spawned there queued behind the thousands of stream tasks it had just
             // woken, and every event waited a whole fan-out round before being sent
             // (10,000 subscribers at 100/s: delivery p50 265-371 ms against 85-123 ms).
-            self.runtime.spawn(async move { relay(&cell) });
+            // Its writes to sinks do run there, split over the fan-out threads.
+            let fan_out = self.fan_out_spread();
+            self.runtime.spawn(relay(cell, fan_out));
         }
         event
+    }
+
+    /// Where and over how many jobs a relay spreads its sinks.
+    fn fan_out_spread(&self) -> Option<(tokio::runtime::Handle, usize)> {
+        self.fan_out.own.as_ref().map(|_| {
+            let threads = self.config.fan_out_threads.max(1);
+            (self.fan_out.handle.clone(), threads)
+        })
     }
 
     fn after_publish(&self, event: &Event) {
@@ -573,18 +612,64 @@ impl Shared {
     }
 }
 
-/// Sends a task's outbox into its channel until the outbox is empty, outside the task's
-/// lock: the wake-ups of thousands of waiting subscribers cost nobody else a wait.
-fn relay(cell: &TaskRef) {
+/// Sends a task's outbox into its channel and to its sinks until the outbox is empty,
+/// outside the task's lock: the wake-ups of thousands of waiting subscribers, or the
+/// writes to thousands of sockets, cost nobody else a wait. One batch is done before the
+/// next is taken, so every sink gets events in order.
+async fn relay(cell: TaskRef, fan_out: Option<(tokio::runtime::Handle, usize)>) {
     loop {
         // A statement of its own, so the lock is released before anything is sent.
         let next = cell.lock().relay_batch();
-        let Some((batch, tx)) = next else {
+        let Some(RelayBatch { events, tx, sinks }) = next else {
             return;
         };
-        for event in batch {
-            // An error only means that nobody is listening any more.
-            let _ = tx.send(event);
+        for event in events.iter() {
+            // An error only means that nobody is listening on the channel.
+            let _ = tx.send(event.clone());
+        }
+        drop(tx);
+        deliver_to_sinks(&sinks, &events, fan_out.as_ref()).await;
+    }
+}
+
+/// Below this many sinks a relay writes to them itself rather than splitting the work.
+const SINKS_PER_JOB: usize = 512;
+
+/// Every sink gets `events`. Many sinks are split into one job per fan-out thread, each
+/// yielding now and then so that the streams of that runtime (slow subscribers'
+/// writers, heartbeats) are not held up for a whole round.
+async fn deliver_to_sinks(
+    sinks: &Arc<[Arc<dyn Sink>]>,
+    events: &Arc<[Event]>,
+    fan_out: Option<&(tokio::runtime::Handle, usize)>,
+) {
+    let jobs = match fan_out {
+        Some((_, threads)) => (*threads).min(sinks.len() / SINKS_PER_JOB),
+        None => 0,
+    };
+    let Some((runtime, _)) = fan_out.filter(|_| jobs > 1) else {
+        deliver_range(sinks, events, 0..sinks.len()).await;
+        return;
+    };
+    let per_job = sinks.len().div_ceil(jobs);
+    let handles: Vec<_> = (0..jobs)
+        .map(|job| {
+            let (sinks, events) = (Arc::clone(sinks), Arc::clone(events));
+            let range = job * per_job..((job + 1) * per_job).min(sinks.len());
+            runtime.spawn(async move { deliver_range(&sinks, &events, range).await })
+        })
+        .collect();
+    for handle in handles {
+        // An error only means the runtime is shutting down.
+        let _ = handle.await;
+    }
+}
+
+async fn deliver_range(sinks: &[Arc<dyn Sink>], events: &[Event], range: std::ops::Range<usize>) {
+    for (n, sink) in sinks[range].iter().enumerate() {
+        sink.deliver(events);
+        if n % SINKS_PER_JOB == SINKS_PER_JOB - 1 {
+            tokio::task::yield_now().await;
         }
     }
 }

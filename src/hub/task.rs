@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 use super::event::Event;
 use super::rate::RateEstimator;
+use super::sink::{Sink, Sinks};
 use super::snapshot::Snapshot;
 use super::Stats;
 
@@ -51,6 +52,9 @@ pub(crate) struct TaskState {
     pub outbox: VecDeque<Event>,
     /// A relay is draining `outbox`; a publish that finds none running starts one.
     pub relaying: bool,
+    /// Subscribers the relay writes to itself (see [`super::sink`]); like `tx`, emptied
+    /// once the terminal event has been relayed.
+    pub sinks: Sinks,
     pub rate: RateEstimator,
 }
 
@@ -93,6 +97,7 @@ impl TaskCell {
                 tx,
                 outbox: VecDeque::new(),
                 relaying: false,
+                sinks: Sinks::default(),
                 rate: RateEstimator::default(),
             }),
         }
@@ -134,7 +139,9 @@ impl TaskState {
         }
         let start_relay = match &self.tx {
             // Nobody listens: the terminal event can end the channel at once.
-            Some(tx) if tx.receiver_count() == 0 && self.outbox.is_empty() => {
+            Some(tx)
+                if tx.receiver_count() == 0 && self.sinks.len() == 0 && self.outbox.is_empty() =>
+            {
                 if event.is_terminal() {
                     self.tx = None;
                 }
@@ -158,9 +165,10 @@ impl TaskState {
         (event, start_relay)
     }
 
-    /// Takes what the relay is to send next, with the sender to send it on. `None` when
-    /// the outbox is empty: the relay is then over (a later publish starts a new one).
-    pub fn relay_batch(&mut self) -> Option<(VecDeque<Event>, broadcast::Sender<Event>)> {
+    /// Takes what the relay is to send next, with the channel and the sinks to send it to.
+    /// `None` when the outbox is empty: the relay is then over (a later publish starts a
+    /// new one).
+    pub fn relay_batch(&mut self) -> Option<RelayBatch> {
         let tx = match (&self.tx, self.outbox.is_empty()) {
             (Some(tx), false) => tx.clone(),
             _ => {
@@ -168,24 +176,30 @@ impl TaskState {
                 return None;
             }
         };
-        let batch = std::mem::take(&mut self.outbox);
-        if batch.back().is_some_and(Event::is_terminal) {
+        let events: Vec<Event> = std::mem::take(&mut self.outbox).into();
+        let sinks = if events.last().is_some_and(Event::is_terminal) {
             // The relay's clone is then the last sender: once the batch is sent and the
             // clone dropped, every receiver sees the channel end after the terminal event.
             self.tx = None;
-        }
-        Some((batch, tx))
+            self.sinks.take_all()
+        } else {
+            self.sinks.list()
+        };
+        Some(RelayBatch {
+            events: events.into(),
+            tx,
+            sinks,
+        })
     }
 
-    /// Decides where a subscriber that last saw `last_event_id` starts, and joins the live
-    /// channel in the same critical section.
-    pub fn start_point(&self, last_event_id: Option<u64>) -> StartPoint {
+    /// What a subscriber that last saw `last_event_id` gets before live events: replayed
+    /// history or the current snapshot, and the newest `seq` it has then seen. `None`: it
+    /// already has the terminal event.
+    fn resume_from(&self, last_event_id: Option<u64>) -> Option<(VecDeque<Event>, u64)> {
         let newest = self.published.seq();
         let last = last_event_id.filter(|&n| n <= newest);
         let backlog = match last {
-            Some(n) if n == newest && self.published.is_terminal() => {
-                return StartPoint::AlreadyFinished
-            }
+            Some(n) if n == newest && self.published.is_terminal() => return None,
             Some(n) if n == newest => VecDeque::new(),
             Some(n) if self.history.front().is_some_and(|e| e.seq() <= n + 1) => self
                 .history
@@ -195,12 +209,44 @@ impl TaskState {
                 .collect(),
             _ => VecDeque::from([self.published.clone()]),
         };
-        StartPoint::From {
-            backlog,
-            rx: self.tx.as_ref().map(broadcast::Sender::subscribe),
-            last_seq: last.unwrap_or(0),
+        Some((backlog, last.unwrap_or(0)))
+    }
+
+    /// Decides where a subscriber that last saw `last_event_id` starts, and joins the live
+    /// channel in the same critical section.
+    pub fn start_point(&self, last_event_id: Option<u64>) -> StartPoint {
+        match self.resume_from(last_event_id) {
+            None => StartPoint::AlreadyFinished,
+            Some((backlog, last_seq)) => StartPoint::From {
+                backlog,
+                rx: self.tx.as_ref().map(broadcast::Sender::subscribe),
+                last_seq,
+            },
         }
     }
+
+    /// Starts `sink` where a subscriber that last saw `last_event_id` starts and, while
+    /// the task runs, adds it to the sinks the relay writes to, in the same critical
+    /// section. `None`: the client already has the terminal event. Otherwise the sink's
+    /// slot (`None` if the task has ended: the backlog is all it gets) and the `seq` it
+    /// resumes after.
+    pub fn attach(
+        &mut self,
+        last_event_id: Option<u64>,
+        sink: &Arc<dyn Sink>,
+    ) -> Option<(Option<usize>, u64)> {
+        let (backlog, last_seq) = self.resume_from(last_event_id)?;
+        let live = self.tx.is_some();
+        sink.begin(backlog, live);
+        Some((live.then(|| self.sinks.insert(sink.clone())), last_seq))
+    }
+}
+
+/// One turn of a relay: events to send, in order, to the channel and to every sink.
+pub(crate) struct RelayBatch {
+    pub events: Arc<[Event]>,
+    pub tx: broadcast::Sender<Event>,
+    pub sinks: Arc<[Arc<dyn Sink>]>,
 }
 
 /// Shared handle to a task, as the hub's map holds it.

@@ -13,6 +13,7 @@
 //! the router without a socket, HTTP/1.0 or `HEAD` requests stream the body through hyper.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,15 +31,33 @@ use tokio_util::task::TaskTracker;
 /// Ready-to-send frames of one stream, ending when the stream should end.
 pub type FrameStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
 
+/// A streaming body that the server may take over from hyper.
+pub trait Takeover: Send + 'static {
+    /// The frames, for hyper to stream when the response stays with it.
+    fn into_frames(self: Box<Self>) -> FrameStream;
+
+    /// Writes the rest of the body on the bare socket, as HTTP/1.1 chunks, until it
+    /// ends; then ends the body and closes the socket.
+    fn write(self: Box<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(write_stream(socket, self.into_frames()))
+    }
+}
+
+impl Takeover for FrameStream {
+    fn into_frames(self: Box<Self>) -> FrameStream {
+        *self
+    }
+}
+
 /// Rides in a streaming response's extensions; the response body holds the same frames
 /// and streams them itself unless the server took them first.
 #[derive(Clone)]
-pub struct Handoff(Arc<Mutex<Option<FrameStream>>>);
+pub struct Handoff(Arc<Mutex<Option<Box<dyn Takeover>>>>);
 
 impl Handoff {
-    /// A response body for `frames` and the hand-off that lets the server take them over.
-    pub fn new(frames: FrameStream) -> (Handoff, Body) {
-        let handoff = Handoff(Arc::new(Mutex::new(Some(frames))));
+    /// A response body for `body` and the hand-off that lets the server take it over.
+    pub fn new(body: Box<dyn Takeover>) -> (Handoff, Body) {
+        let handoff = Handoff(Arc::new(Mutex::new(Some(body))));
         let body = Body::from_stream(Fallback {
             handoff: handoff.clone(),
             frames: None,
@@ -46,7 +65,7 @@ impl Handoff {
         (handoff, body)
     }
 
-    fn take(&self) -> Option<FrameStream> {
+    fn take(&self) -> Option<Box<dyn Takeover>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -62,7 +81,7 @@ impl Stream for Fallback {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.frames.is_none() {
-            self.frames = self.handoff.take();
+            self.frames = self.handoff.take().map(Takeover::into_frames);
         }
         match self.frames.as_mut() {
             Some(frames) => frames.poll_next_unpin(cx).map(|frame| frame.map(Ok)),
@@ -75,8 +94,8 @@ impl Stream for Fallback {
 /// its task.
 #[derive(Default)]
 pub struct Connection {
-    /// Frames taken from the response being written, waiting for its head to be flushed.
-    armed: Mutex<Option<FrameStream>>,
+    /// The body taken from the response being written, waiting for its head to be flushed.
+    armed: Mutex<Option<Box<dyn Takeover>>>,
     /// Signalled once the armed response's head is on the wire.
     flushed: Notify,
     /// Where the socket wrapper leaves the socket when hyper drops it after a hand-off.
@@ -95,10 +114,10 @@ impl Connection {
         if version != Version::HTTP_11 || method != Method::GET {
             return;
         }
-        let Some(frames) = handoff.take() else {
+        let Some(body) = handoff.take() else {
             return;
         };
-        *lock(&self.armed) = Some(frames);
+        *lock(&self.armed) = Some(body);
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -111,11 +130,11 @@ impl Connection {
         self.flushed.notified().await;
     }
 
-    /// After hyper's connection was dropped: the socket and the frames to go on with.
-    pub fn take(&self) -> Option<(TcpStream, FrameStream)> {
-        let frames = lock(&self.armed).take()?;
+    /// After hyper's connection was dropped: the socket and the body to go on with.
+    pub fn take(&self) -> Option<(TcpStream, Box<dyn Takeover>)> {
+        let body = lock(&self.armed).take()?;
         let socket = lock(&self.socket).take()?;
-        Some((socket, frames))
+        Some((socket, body))
     }
 
     fn is_armed(&self) -> bool {
@@ -208,19 +227,19 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// Starts [`write_stream`] on `runtime` (the current one if `None`), tracked by `tracker`
-/// so shutdown waits for it; `guard` is dropped when the stream ends. The socket moves to
-/// that runtime's reactor with it.
+/// Starts writing `body` ([`Takeover::write`]) on `runtime` (the current one if `None`),
+/// tracked by `tracker` so shutdown waits for it; `guard` is dropped when the stream
+/// ends. The socket moves to that runtime's reactor with it.
 pub fn spawn_writer(
     socket: TcpStream,
-    frames: FrameStream,
+    body: Box<dyn Takeover>,
     guard: impl Send + 'static,
     runtime: Option<&tokio::runtime::Handle>,
     tracker: &TaskTracker,
 ) {
     let Some(runtime) = runtime else {
         tracker.spawn(async move {
-            write_stream(socket, frames).await;
+            body.write(socket).await;
             drop(guard);
         });
         return;
@@ -230,7 +249,7 @@ pub fn spawn_writer(
     };
     runtime.spawn(tracker.track_future(async move {
         if let Ok(socket) = TcpStream::from_std(socket) {
-            write_stream(socket, frames).await;
+            body.write(socket).await;
         }
         drop(guard);
     }));
@@ -238,7 +257,7 @@ pub fn spawn_writer(
 
 /// Frames written with one `writev` at most: what a subscriber that fell behind has
 /// queued goes out together, as hyper would have flushed it.
-const MAX_BATCH: usize = 16;
+pub const MAX_BATCH: usize = 16;
 
 /// Writes a handed-off stream's frames as HTTP/1.1 chunks until it ends (terminal event,
 /// server shutdown) or the client goes away, then ends the body and closes the socket.
@@ -249,7 +268,7 @@ pub async fn write_stream(mut socket: TcpStream, mut frames: FrameStream) {
         tokio::select! {
             biased;
             () = next_batch(&mut frames, &mut batch, &mut ended) => {
-                if write_chunks(&mut socket, &batch, ended).await.is_err() || ended {
+                if write_chunks(&socket, &batch, ended).await.is_err() || ended {
                     let _ = socket.shutdown().await;
                     return;
                 }
@@ -291,7 +310,9 @@ async fn next_batch(frames: &mut FrameStream, batch: &mut Vec<Bytes>, ended: &mu
     .await
 }
 
-fn client_closed(socket: &TcpStream) -> bool {
+/// Whether the client of a stream has closed its side (what it sent otherwise is read and
+/// ignored: a client of an event stream has nothing to say).
+pub fn client_closed(socket: &TcpStream) -> bool {
     let mut scratch = [0u8; 256];
     match socket.try_read(&mut scratch) {
         Ok(0) => true,
@@ -300,31 +321,70 @@ fn client_closed(socket: &TcpStream) -> bool {
     }
 }
 
-/// Each frame as one chunk (`<hex length>\r\n<frame>\r\n`), then the last chunk if the
-/// stream `ended`, all in one `writev` when the socket takes it.
-async fn write_chunks(socket: &mut TcpStream, frames: &[Bytes], ended: bool) -> io::Result<()> {
-    // A Vec, not an array: whatever lives across the `await` below is part of every idle
-    // stream's task, and a 49-slice array there cost 720 B of RSS per subscriber.
-    let mut size_lines = [[0u8; 20]; MAX_BATCH];
-    let mut parts = Vec::with_capacity(frames.len() * 3 + 1);
-    for (frame, line) in frames.iter().zip(size_lines.iter_mut()) {
-        let mut cursor = &mut line[..];
-        std::io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", frame.len()))?;
-        let len = 20 - cursor.len();
+/// Size lines of up to [`MAX_BATCH`] chunks (`<hex length>\r\n`).
+pub type SizeLines = [[u8; 20]; MAX_BATCH];
+
+/// Each of `frames` as one chunk (`<hex length>\r\n<frame>\r\n`), then the last chunk
+/// if `ended`, as the slices of one `writev`. At most [`MAX_BATCH`] frames are taken.
+pub fn chunk_slices<'a>(
+    frames: impl IntoIterator<Item = &'a [u8]>,
+    lines: &'a mut SizeLines,
+    ended: bool,
+) -> Vec<IoSlice<'a>> {
+    let mut parts = Vec::with_capacity(MAX_BATCH * 3 + 1);
+    for (frame, line) in frames.into_iter().zip(lines.iter_mut()) {
+        let len = {
+            let mut cursor = &mut line[..];
+            // 16 hex digits and CRLF always fit in 20 bytes.
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", frame.len()));
+            20 - cursor.len()
+        };
+        let line: &'a [u8; 20] = line;
         parts.push(IoSlice::new(&line[..len]));
         parts.push(IoSlice::new(frame));
         parts.push(IoSlice::new(b"\r\n"));
     }
     if ended {
-        parts.push(IoSlice::new(b"0\r\n\r\n"));
+        parts.push(IoSlice::new(LAST_CHUNK));
     }
-    let mut parts = &mut parts[..];
+    parts
+}
+
+/// The chunk that ends a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Each frame as one chunk, then the last chunk if the stream `ended`, all in one
+/// `writev` when the socket takes it.
+pub async fn write_chunks(socket: &TcpStream, frames: &[Bytes], ended: bool) -> io::Result<()> {
+    // Heap, not stack: whatever lives across an `await` here is part of every idle
+    // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
+    let mut lines: Box<SizeLines> = Box::new([[0; 20]; MAX_BATCH]);
+    let mut parts = chunk_slices(frames.iter().map(|f| &f[..]), &mut lines, ended);
+    write_all(socket, &mut parts).await
+}
+
+/// Writes every slice, waiting in the socket's writer slot whenever it is full.
+pub async fn write_all(socket: &TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !parts.is_empty() {
-        let written = socket.write_vectored(parts).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        std::future::poll_fn(|cx| socket.poll_write_ready(cx)).await?;
+        match socket.try_write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut parts, written),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-        IoSlice::advance_slices(&mut parts, written);
     }
     Ok(())
+}
+
+/// What is left of `parts` after the first `written` bytes, copied: the rest of a
+/// `writev` the socket took only part of.
+pub fn unwritten(parts: &[IoSlice<'_>], mut written: usize) -> Bytes {
+    let mut rest = Vec::new();
+    for part in parts {
+        let skip = written.min(part.len());
+        written -= skip;
+        rest.extend_from_slice(&part[skip..]);
+    }
+    Bytes::from(rest)
 }
