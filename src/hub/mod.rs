@@ -628,17 +628,19 @@ async fn relay(cell: TaskRef, fan_out: Option<(tokio::runtime::Handle, usize)>) 
             let _ = tx.send(event.clone());
         }
         drop(tx);
-        deliver_to_sinks(&sinks, &events, fan_out.as_ref()).await;
+        deliver_to_sinks(&cell, &sinks, &events, fan_out.as_ref()).await;
     }
 }
 
-/// Below this many sinks a relay writes to them itself rather than splitting the work.
+/// Below this many sinks a relay writes to them itself rather than splitting the work;
+/// also how often a job yields and looks for newer events.
 const SINKS_PER_JOB: usize = 512;
 
 /// Every sink gets `events`. Many sinks are split into one job per fan-out thread, each
 /// yielding now and then so that the streams of that runtime (slow subscribers'
 /// writers, heartbeats) are not held up for a whole round.
 async fn deliver_to_sinks(
+    cell: &TaskRef,
     sinks: &Arc<[Arc<dyn Sink>]>,
     events: &Arc<[Event]>,
     fan_out: Option<&(tokio::runtime::Handle, usize)>,
@@ -648,15 +650,15 @@ async fn deliver_to_sinks(
         None => 0,
     };
     let Some((runtime, _)) = fan_out.filter(|_| jobs > 1) else {
-        deliver_range(sinks, events, 0..sinks.len()).await;
+        deliver_range(cell, sinks, events, 0..sinks.len()).await;
         return;
     };
     let per_job = sinks.len().div_ceil(jobs);
     let handles: Vec<_> = (0..jobs)
         .map(|job| {
-            let (sinks, events) = (Arc::clone(sinks), Arc::clone(events));
+            let (cell, sinks, events) = (cell.clone(), sinks.clone(), events.clone());
             let range = job * per_job..((job + 1) * per_job).min(sinks.len());
-            runtime.spawn(async move { deliver_range(&sinks, &events, range).await })
+            runtime.spawn(async move { deliver_range(&cell, &sinks, &events, range).await })
         })
         .collect();
     for handle in handles {
@@ -665,11 +667,29 @@ async fn deliver_to_sinks(
     }
 }
 
-async fn deliver_range(sinks: &[Arc<dyn Sink>], events: &[Event], range: std::ops::Range<usize>) {
+/// The most events a relay round hands each sink once it has added newer ones.
+const CATCH_UP_MAX: usize = 16;
+
+/// Delivers to `sinks[range]`. A round over thousands of sinks takes milliseconds, and
+/// what is published meanwhile would wait for the next round: every so often the
+/// sinks still to come get those newer events too, in the same write (the next round
+/// gives them to the others; sinks drop what they already have).
+async fn deliver_range(
+    cell: &TaskRef,
+    sinks: &[Arc<dyn Sink>],
+    events: &[Event],
+    range: std::ops::Range<usize>,
+) {
+    let mut events = std::borrow::Cow::Borrowed(events);
     for (n, sink) in sinks[range].iter().enumerate() {
-        sink.deliver(events);
+        sink.deliver(&events);
         if n % SINKS_PER_JOB == SINKS_PER_JOB - 1 {
             tokio::task::yield_now().await;
+            let newest = events.last().map_or(0, Event::seq);
+            let room = CATCH_UP_MAX.saturating_sub(events.len());
+            if let Some(newer) = cell.lock().queued_after(newest, room) {
+                events.to_mut().extend(newer);
+            }
         }
     }
 }

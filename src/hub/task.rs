@@ -192,6 +192,15 @@ impl TaskState {
         })
     }
 
+    /// Events waiting in the outbox that directly follow `seq`, if there are some and no
+    /// more than `limit` (more would not go out in one write anyway).
+    pub fn queued_after(&self, seq: u64, limit: usize) -> Option<Vec<Event>> {
+        let start = self.outbox.partition_point(|e| e.seq() <= seq);
+        let newer = self.outbox.range(start..);
+        let contiguous = newer.clone().next()?.seq() == seq + 1;
+        (contiguous && newer.len() <= limit).then(|| newer.cloned().collect())
+    }
+
     /// What a subscriber that last saw `last_event_id` gets before live events: replayed
     /// history or the current snapshot, and the newest `seq` it has then seen. `None`: it
     /// already has the terminal event.
