@@ -421,3 +421,147 @@ async fn fan_out_threads_run_at_a_lower_priority_than_the_rest() {
     );
     assert!(there >= super::FAN_OUT_NICE, "fan-out nice {there}");
 }
+
+/// A sink that keeps what it is given, dropping what it already has, as sinks must.
+#[derive(Default)]
+struct Recorder {
+    seqs: std::sync::Mutex<Vec<u64>>,
+    ended_at_begin: std::sync::atomic::AtomicBool,
+}
+
+impl Recorder {
+    fn take(&self, events: impl IntoIterator<Item = u64>) {
+        let mut seqs = self.seqs.lock().unwrap();
+        for seq in events {
+            if seqs.last().is_none_or(|&last| seq > last) {
+                seqs.push(seq);
+            }
+        }
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        self.seqs.lock().unwrap().clone()
+    }
+}
+
+impl Sink for Recorder {
+    fn begin(&self, backlog: VecDeque<Event>, live: bool) {
+        self.ended_at_begin.store(!live, Ordering::Relaxed);
+        self.take(backlog.iter().map(Event::seq));
+    }
+
+    fn deliver(&self, events: &[Event]) {
+        // As long as a write to a socket takes: rounds over many sinks then last long
+        // enough for newer events to be added mid-round.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_micros(2) {
+            std::hint::spin_loop();
+        }
+        self.take(events.iter().map(Event::seq));
+    }
+}
+
+/// Sinks join at random moments while a producer on another thread publishes, enough of
+/// them that relays split the work over the fan-out threads and add newer events
+/// mid-round: each sink sees a contiguous run of seq numbers ending with the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_joining_while_publishing_never_lose_or_reorder_an_event() {
+    let config = HubConfig {
+        coalesce: Duration::ZERO,
+        channel_capacity: 100_000,
+        history_len: 100_000,
+        fan_out_threads: 2,
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(config, Arc::new(MemoryStore::new(16))).unwrap();
+    let t = task(&hub, "sink-race");
+    let producer = {
+        let (hub, t) = (hub.clone(), t.clone());
+        tokio::task::spawn_blocking(move || {
+            // About one event per 200 µs: a few arrive during each round.
+            for n in 1..=1_500 {
+                hub.progress(&t, processed(n)).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let mut sinks = Vec::new();
+    for i in 0..1_500 {
+        let resume = (i % 3 == 1).then(|| hub.get(&t).unwrap().seq().saturating_sub(2));
+        let recorder = Arc::new(Recorder::default());
+        let attached = hub
+            .subscribe_sink(&t, resume, recorder.clone())
+            .unwrap()
+            .unwrap();
+        sinks.push((resume, recorder, attached));
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Some leave early: they are no longer counted, and the rest are unaffected.
+    let left: Vec<_> = sinks.drain(..100).collect();
+    drop(left);
+    producer.await.unwrap();
+    let end = hub
+        .finish(&t, Outcome::Completed { results: None })
+        .await
+        .unwrap();
+    let mut waited = 0;
+    while sinks
+        .iter()
+        .any(|(_, r, _)| r.seqs().last() != Some(&end.seq()))
+        && waited < 500
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    for (resume, recorder, _) in &sinks {
+        let seqs = recorder.seqs();
+        if let Some(n) = resume {
+            assert_eq!(seqs[0], n + 1, "replay starts right after Last-Event-ID");
+        }
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap: {seqs:?}");
+        assert_eq!(seqs.last(), Some(&end.seq()), "every sink gets the end");
+    }
+    // The relay let go of every sink with the terminal event.
+    assert_eq!(hub.listeners(&t), 0);
+}
+
+#[tokio::test]
+async fn a_sink_leaves_when_dropped_and_a_late_one_gets_only_the_end() {
+    let hub = hub_with(0, 16);
+    let t = task(&hub, "sink-leave");
+    let recorder = Arc::new(Recorder::default());
+    let attached = hub
+        .subscribe_sink(&t, None, recorder.clone())
+        .unwrap()
+        .unwrap();
+    assert_eq!(hub.listeners(&t), 1);
+    hub.progress(&t, processed(1)).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(recorder.seqs(), [1, 2]);
+    drop(attached);
+    assert_eq!(hub.listeners(&t), 0);
+    hub.progress(&t, processed(2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(recorder.seqs(), [1, 2], "nothing after leaving");
+
+    let end = hub.finish(&t, Outcome::Cancelled).await.unwrap();
+    let late = Arc::new(Recorder::default());
+    let _attached = hub
+        .subscribe_sink(&t, Some(2), late.clone())
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.seqs(), [end.seq()]);
+    assert!(
+        late.ended_at_begin.load(Ordering::Relaxed),
+        "nothing follows"
+    );
+    assert_eq!(hub.listeners(&t), 0, "a finished task adds no sink");
+    // One that already has the end gets nothing at all.
+    let done = Arc::new(Recorder::default());
+    assert!(hub
+        .subscribe_sink(&t, Some(end.seq()), done)
+        .unwrap()
+        .is_none());
+}
