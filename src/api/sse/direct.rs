@@ -124,11 +124,18 @@ async fn run(st: StreamState<DirectSource>, socket: TcpStream) {
         let mut st = direct.lock();
         st.delivery = Some(delivery);
         st.last_write = last_write;
-        if let Some(prelude) = prelude {
-            st.queue.push_front(Queued::other(prelude));
+    }
+    // The prelude (the reconnection delay) goes out whatever happens next, as through
+    // hyper; the relay only queues until the backlog has been written below.
+    if let Some(prelude) = prelude {
+        if handoff::write_chunks(direct.socket(), &[prelude], false)
+            .await
+            .is_err()
+        {
+            direct.lock().closed = true;
+            return;
         }
     }
-    // Writes the prelude and the backlog first; then the relay may write.
     direct.wake.notify_one();
     loop {
         tokio::select! {
