@@ -1,11 +1,11 @@
 //! The default store: one SQLite file in the data directory, in WAL mode.
 //!
 //! Events are written behind the hub by one writer thread, never on the publish path:
-//! `record` only parks the event in a pending map and wakes the writer, which takes
-//! everything pending and commits it in one transaction. Under load batches grow by
-//! themselves; a task's pending events are bounded by its history length, so the queue
-//! cannot outgrow memory. `flush` waits until the writer has committed everything that
-//! was recorded before it (the hub does this for terminal events before acknowledging).
+//! `record` only parks the event in a pending map, and the writer commits everything
+//! pending in one transaction, at most every [`COMMIT_INTERVAL`]. A task's pending events
+//! are bounded by its history length, so the queue cannot outgrow memory. `flush` waits
+//! until the writer has committed everything that was recorded before it, and cuts the
+//! interval short (the hub flushes terminal events before acknowledging them).
 //!
 //! One table: `events(task_id, seq, json)`, the newest `history_len` events per task. The
 //! last row of a task is its snapshot (an event's JSON is the full snapshot).
@@ -22,6 +22,17 @@ use tokio::sync::oneshot;
 
 use super::{FlushFuture, Store, StoreError, StoreMetrics, StoredTask};
 use crate::hub::{Event, TaskId};
+
+/// How often the writer commits what is pending while events keep coming, unless a flush
+/// asks sooner. It used to be woken by every report and commit it at once: that ran on
+/// the producer's core right as its request was being answered, and took the
+/// acknowledgement's p99 from 0.2 ms to 2-4 ms (1,000 subscribers at 100 reports/s).
+/// A crash loses at most this much non-terminal progress, which the next report restores.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// After this long with nothing to write the writer stops ticking and sleeps until the
+/// next event wakes it.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "progress-hub.sqlite3";
@@ -58,6 +69,8 @@ struct Pending {
     /// are dropped when it is removed).
     removes: Vec<TaskId>,
     events: HashMap<TaskId, VecDeque<Event>>,
+    /// The writer sleeps until woken (it ticks otherwise).
+    asleep: bool,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
     closing: bool,
 }
@@ -180,6 +193,9 @@ impl Store for SqliteStore {
 
     fn record(&self, event: &Event) {
         let mut pending = self.pending();
+        // A writer that is ticking will find the event at its next tick: waking it here,
+        // on the producer's request thread, is what the interval avoids.
+        let wake = pending.asleep;
         let events = pending.events.entry(event.task_id().clone()).or_default();
         if event.is_terminal() {
             events.clear();
@@ -189,7 +205,9 @@ impl Store for SqliteStore {
             events.pop_front();
         }
         drop(pending);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
     }
 
     fn remove(&self, task_ids: &[TaskId]) {
@@ -237,8 +255,26 @@ fn write_loop(mut conn: Connection, shared: &Shared) {
     loop {
         let batch = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            while pending.is_empty() && !pending.closing {
-                pending = shared.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
+            // Tick every COMMIT_INTERVAL while there is something to write or was lately;
+            // a flush or closing cuts the wait short.
+            let mut quiet = Duration::ZERO;
+            while pending.waiters.is_empty() && !pending.closing {
+                if quiet >= IDLE_AFTER && pending.is_empty() {
+                    pending.asleep = true;
+                    pending = shared.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
+                    pending.asleep = false;
+                    quiet = Duration::ZERO;
+                    continue;
+                }
+                pending = shared
+                    .wake
+                    .wait_timeout(pending, COMMIT_INTERVAL)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                if !pending.is_empty() {
+                    break;
+                }
+                quiet += COMMIT_INTERVAL;
             }
             let closing = pending.closing;
             let batch = std::mem::take(&mut *pending);
