@@ -427,4 +427,25 @@ mod tests {
         assert_eq!(loaded[0].events.last().unwrap().seq(), 2);
         assert!(store.is_healthy());
     }
+
+    /// Without any flush, a report reaches the disk on the writer's tick, and one that
+    /// comes after the writer has fallen asleep wakes it.
+    #[test]
+    fn reports_are_committed_on_the_tick_and_wake_a_sleeping_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 8).unwrap();
+        let committed = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while store.write_stats().events.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "event {n} was never committed");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        store.record(&event("tick", 1, Status::Processing));
+        committed(1);
+        std::thread::sleep(IDLE_AFTER + COMMIT_INTERVAL * 10);
+        assert!(store.pending().asleep, "idle long enough to sleep");
+        store.record(&event("tick", 2, Status::Processing));
+        committed(2);
+    }
 }
