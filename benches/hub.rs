@@ -1,9 +1,13 @@
 //! Micro-benchmarks of the hot path, without HTTP: publishing a progress update through the
-//! hub with 0, 1 and 1,000 subscribers waiting, and encoding one snapshot into an event.
+//! hub with 0, 1 and 1,000 subscribers waiting, the same with sinks, and encoding one
+//! snapshot into an event.
 //!
 //! "Publish" here means `Hub::progress` plus every subscriber task having received the
 //! event: with subscribers parked in `Subscription::next`, the send wakes each of them, and
-//! that wakeup and delivery is the part that grows with the audience.
+//! that wakeup and delivery is the part that grows with the audience. This is the path of
+//! WebSocket sessions, long polls and `/api/events`. "publish_to_sinks" is the path of a
+//! task's SSE streams: `Hub::progress` plus the relay handing the event to every sink
+//! (here a counter, where a stream's sink makes one `writev`).
 //!
 //! Run: `cargo bench --bench hub`.
 
@@ -13,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use progress_hub::hub::{Event, Hub, HubConfig, NewTask, ProgressUpdate, Snapshot, TaskId};
+use std::collections::VecDeque;
+
+use progress_hub::hub::{Event, Hub, HubConfig, NewTask, ProgressUpdate, Sink, Snapshot, TaskId};
 use progress_hub::store::MemoryStore;
 use serde_json::json;
 use tokio::sync::Notify;
@@ -96,6 +102,81 @@ fn publish(c: &mut Criterion) {
     group.finish();
 }
 
+/// Counts what it is given and says when every sink of the run has it.
+struct CountingSink {
+    received: Arc<AtomicUsize>,
+    all_received: Arc<Notify>,
+    sinks: usize,
+}
+
+impl Sink for CountingSink {
+    fn begin(&self, backlog: VecDeque<Event>, _live: bool) {
+        black_box(backlog);
+    }
+
+    fn deliver(&self, events: &[Event]) {
+        black_box(events.last().map(Event::sse_frame));
+        if self.received.fetch_add(1, Ordering::Relaxed) + 1 == self.sinks {
+            self.all_received.notify_one();
+        }
+    }
+}
+
+fn publish_to_sinks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("publish_to_sinks");
+    for sinks in [1usize, 1000] {
+        group.bench_with_input(BenchmarkId::from_parameter(sinks), &sinks, |b, &sinks| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let config = HubConfig {
+                coalesce: Duration::ZERO,
+                ..HubConfig::default()
+            };
+            let received = Arc::new(AtomicUsize::new(0));
+            let all_received = Arc::new(Notify::new());
+            let (hub, id, _attached) = runtime.block_on(async {
+                let hub = Hub::new(config, Arc::new(MemoryStore::new(128))).expect("hub");
+                let id = TaskId::parse("bench").expect("id");
+                hub.create(NewTask {
+                    id: Some(id.clone()),
+                    total: u64::MAX,
+                    ..NewTask::default()
+                })
+                .expect("create");
+                let attached: Vec<_> = (0..sinks)
+                    .map(|_| {
+                        let sink = Arc::new(CountingSink {
+                            received: received.clone(),
+                            all_received: all_received.clone(),
+                            sinks,
+                        });
+                        hub.subscribe_sink(&id, None, sink)
+                            .expect("task")
+                            .expect("running")
+                    })
+                    .collect();
+                (hub, id, attached)
+            });
+            let mut n = 0;
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        n += 1;
+                        received.store(0, Ordering::Relaxed);
+                        black_box(hub.progress(&id, update(n)).expect("progress"));
+                        all_received.notified().await;
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
 fn encode(c: &mut Criterion) {
     let mut snapshot = Snapshot::new(TaskId::parse("bench").expect("id"), None, 20_000, 0);
     snapshot.seq = 42;
@@ -108,5 +189,5 @@ fn encode(c: &mut Criterion) {
     c.bench_function("encode", |b| b.iter(|| Event::encode(black_box(&snapshot))));
 }
 
-criterion_group!(benches, publish, encode);
+criterion_group!(benches, publish, publish_to_sinks, encode);
 criterion_main!(benches);

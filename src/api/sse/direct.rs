@@ -3,12 +3,12 @@
 //! The stream joins its task as a [`Sink`] when it is opened: the backlog and live
 //! events are queued for it, and through hyper (HTTP/1.0, `HEAD`) it is a frame source
 //! like any other. Once the server takes the socket over from hyper, and while the
-//! socket keeps up, the relay writes
-//! each batch of events to it directly, in one non-blocking `writev`, and the stream's own
-//! task stays asleep: it only keeps the heartbeat and the stream's life, and notices the
-//! server stopping or the client leaving. Per delivered event that saves the wake-up, the
-//! scheduling and the polling of a task, about a third of the server's CPU per event with
-//! 10,000 subscribers (BENCHMARKS.md).
+//! socket keeps up, the relay writes each batch of events to it directly, in one
+//! non-blocking `writev`, and the stream's own task stays asleep: it only keeps the
+//! heartbeat and the stream's life, and notices the server stopping or the client
+//! leaving. Per delivered event that saves the wake-up, the scheduling and the polling of
+//! a task, about a third of the server's CPU per event with 10,000 subscribers
+//! (BENCHMARKS.md, item 12).
 //!
 //! When the socket cannot take an event at once, the event is queued and the task woken
 //! to write it as the socket drains. While anything is queued (or the task is writing),
