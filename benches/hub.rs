@@ -33,6 +33,31 @@ fn update(n: u64) -> ProgressUpdate {
     }
 }
 
+/// One thread, as a loaded server's worker would run the subscriber tasks, and a hub
+/// with one running task and no coalescing.
+fn hub_with_task() -> (tokio::runtime::Runtime, Hub, TaskId) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let config = HubConfig {
+        coalesce: Duration::ZERO,
+        ..HubConfig::default()
+    };
+    let (hub, id) = runtime.block_on(async {
+        let hub = Hub::new(config, Arc::new(MemoryStore::new(128))).expect("hub");
+        let id = TaskId::parse("bench").expect("id");
+        hub.create(NewTask {
+            id: Some(id.clone()),
+            total: u64::MAX,
+            ..NewTask::default()
+        })
+        .expect("create");
+        (hub, id)
+    });
+    (runtime, hub, id)
+}
+
 fn publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish");
     for subscribers in [0usize, 1, 1000] {
@@ -40,26 +65,7 @@ fn publish(c: &mut Criterion) {
             BenchmarkId::from_parameter(subscribers),
             &subscribers,
             |b, &subscribers| {
-                // One thread, as a loaded server's worker would run the subscriber tasks.
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .expect("runtime");
-                let config = HubConfig {
-                    coalesce: Duration::ZERO,
-                    ..HubConfig::default()
-                };
-                let (hub, id) = runtime.block_on(async {
-                    let hub = Hub::new(config, Arc::new(MemoryStore::new(128))).expect("hub");
-                    let id = TaskId::parse("bench").expect("id");
-                    hub.create(NewTask {
-                        id: Some(id.clone()),
-                        total: u64::MAX,
-                        ..NewTask::default()
-                    })
-                    .expect("create");
-                    (hub, id)
-                });
+                let (runtime, hub, id) = hub_with_task();
                 let received = Arc::new(AtomicUsize::new(0));
                 let all_received = Arc::new(Notify::new());
                 runtime.block_on(async {
@@ -126,26 +132,11 @@ fn publish_to_sinks(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish_to_sinks");
     for sinks in [1usize, 1000] {
         group.bench_with_input(BenchmarkId::from_parameter(sinks), &sinks, |b, &sinks| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .expect("runtime");
-            let config = HubConfig {
-                coalesce: Duration::ZERO,
-                ..HubConfig::default()
-            };
+            let (runtime, hub, id) = hub_with_task();
             let received = Arc::new(AtomicUsize::new(0));
             let all_received = Arc::new(Notify::new());
-            let (hub, id, _attached) = runtime.block_on(async {
-                let hub = Hub::new(config, Arc::new(MemoryStore::new(128))).expect("hub");
-                let id = TaskId::parse("bench").expect("id");
-                hub.create(NewTask {
-                    id: Some(id.clone()),
-                    total: u64::MAX,
-                    ..NewTask::default()
-                })
-                .expect("create");
-                let attached: Vec<_> = (0..sinks)
+            let _attached = runtime.block_on(async {
+                (0..sinks)
                     .map(|_| {
                         let sink = Arc::new(CountingSink {
                             received: received.clone(),
@@ -156,8 +147,7 @@ fn publish_to_sinks(c: &mut Criterion) {
                             .expect("task")
                             .expect("running")
                     })
-                    .collect();
-                (hub, id, attached)
+                    .collect::<Vec<_>>()
             });
             let mut n = 0;
             b.iter_custom(|iterations| {
