@@ -58,6 +58,49 @@ fn hub_with_task() -> (tokio::runtime::Runtime, Hub, TaskId) {
     (runtime, hub, id)
 }
 
+/// Publishes and, when there is an audience, waits until all of it has the event.
+struct Run {
+    hub: Hub,
+    id: TaskId,
+    received: Arc<AtomicUsize>,
+    all_received: Arc<Notify>,
+    wait: bool,
+    n: u64,
+}
+
+impl Run {
+    fn new(
+        hub: Hub,
+        id: TaskId,
+        received: Arc<AtomicUsize>,
+        all_received: Arc<Notify>,
+        wait: bool,
+    ) -> Run {
+        Run {
+            hub,
+            id,
+            received,
+            all_received,
+            wait,
+            n: 0,
+        }
+    }
+
+    async fn publish(&mut self, iterations: u64) -> Duration {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            self.n += 1;
+            self.received.store(0, Ordering::Relaxed);
+            let answer = self.hub.progress(&self.id, update(self.n));
+            black_box(answer.expect("progress"));
+            if self.wait {
+                self.all_received.notified().await;
+            }
+        }
+        start.elapsed()
+    }
+}
+
 fn publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish");
     for subscribers in [0usize, 1, 1000] {
@@ -87,21 +130,8 @@ fn publish(c: &mut Criterion) {
                     // Let every subscriber park on its channel.
                     tokio::task::yield_now().await;
                 });
-                let mut n = 0;
-                b.iter_custom(|iterations| {
-                    runtime.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..iterations {
-                            n += 1;
-                            received.store(0, Ordering::Relaxed);
-                            black_box(hub.progress(&id, update(n)).expect("progress"));
-                            if subscribers > 0 {
-                                all_received.notified().await;
-                            }
-                        }
-                        start.elapsed()
-                    })
-                });
+                let mut run = Run::new(hub, id, received, all_received, subscribers > 0);
+                b.iter_custom(|iterations| runtime.block_on(run.publish(iterations)));
             },
         );
     }
@@ -149,19 +179,8 @@ fn publish_to_sinks(c: &mut Criterion) {
                     })
                     .collect::<Vec<_>>()
             });
-            let mut n = 0;
-            b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iterations {
-                        n += 1;
-                        received.store(0, Ordering::Relaxed);
-                        black_box(hub.progress(&id, update(n)).expect("progress"));
-                        all_received.notified().await;
-                    }
-                    start.elapsed()
-                })
-            });
+            let mut run = Run::new(hub, id, received, all_received, true);
+            b.iter_custom(|iterations| runtime.block_on(run.publish(iterations)));
         });
     }
     group.finish();
