@@ -659,8 +659,9 @@ async fn relay(cell: TaskRef, fan_out: Option<(tokio::runtime::Handle, usize)>) 
     }
 }
 
-/// Below this many sinks a relay writes to them itself rather than splitting the work;
-/// also how often a job yields and looks for newer events.
+/// The fewest sinks a job is given: with fewer than twice this many a relay writes to
+/// them itself rather than splitting the work. Also how often a job yields and looks for
+/// newer events.
 const SINKS_PER_JOB: usize = 512;
 
 /// Every sink gets `events`. Many sinks are split into one job per fan-out thread, each
