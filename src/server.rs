@@ -103,14 +103,9 @@ pub async fn serve(
         // runtime's reactor.
         let runtime = &runtimes[turn % runtimes.len()];
         turn = turn.wrapping_add(1);
-        let Ok(stream) = stream.into_std() else {
-            continue;
-        };
-        runtime.spawn(connections.track_future(async move {
-            if let Ok(stream) = TcpStream::from_std(stream) {
-                connection.serve(stream).await;
-            }
-        }));
+        handoff::spawn_moved(runtime, &connections, stream, |stream| {
+            connection.serve(stream)
+        });
     }
     drop(listener);
     connections.close();

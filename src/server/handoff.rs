@@ -244,14 +244,30 @@ pub fn spawn_writer(
         });
         return;
     };
+    spawn_moved(runtime, tracker, socket, |socket| async move {
+        body.write(socket).await;
+        drop(guard);
+    });
+}
+
+/// Runs `serve` with `socket` on `runtime`, tracked by `tracker`: the socket leaves the
+/// current runtime's reactor for that runtime's. A socket that cannot move is closed.
+pub fn spawn_moved<F, Fut>(
+    runtime: &tokio::runtime::Handle,
+    tracker: &TaskTracker,
+    socket: TcpStream,
+    serve: F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let Ok(socket) = socket.into_std() else {
         return;
     };
     runtime.spawn(tracker.track_future(async move {
         if let Ok(socket) = TcpStream::from_std(socket) {
-            body.write(socket).await;
+            serve(socket).await;
         }
-        drop(guard);
     }));
 }
 
