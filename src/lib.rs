@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use api::AppState;
 use config::{Config, StoreKind};
@@ -103,7 +102,6 @@ impl Application {
             config: Arc::new(config),
             shutdown: shutdown::Shutdown::new(),
             draining: CancellationToken::new(),
-            tracker: TaskTracker::new(),
             security: Arc::new(security),
             metrics,
         });
@@ -166,14 +164,7 @@ impl Application {
             fan_out: state.hub.fan_out().cloned(),
             connection_runtimes: connection_runtimes.handles(),
         };
-        server::serve(
-            self.listener,
-            router,
-            shutdown.token().clone(),
-            state.tracker.clone(),
-            options,
-        )
-        .await;
+        server::serve(self.listener, router, shutdown.token().clone(), options).await;
         let _ = janitor.await;
         // Jobs were told to stop when shutdown began; their tasks end as interrupted.
         state

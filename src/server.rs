@@ -4,12 +4,11 @@
 //! stop accepting, let every connection finish its response (streams end themselves on
 //! the same signal), then give up on stragglers after the grace period.
 //!
-//! Event streams leave hyper once their headers are out (see [`handoff`]), so an idle
-//! subscriber costs its socket and its subscription, not a whole HTTP connection. Their
-//! writers then run on the hub's fan-out runtime ([`crate::hub::Hub::fan_out`]): fanning
-//! one event out to 10,000 sockets is 10,000 tasks to run, and a producer's request (or a
-//! poll) must not wait behind them. The hub's relays, which wake those tasks, run there
-//! too, as do WebSocket sessions ([`FanOut`]).
+//! Event streams (SSE, and WebSockets once their `101` is out) leave hyper once their
+//! headers are out (see [`handoff`]), so an idle subscriber costs its socket and its
+//! subscription, not a whole HTTP connection. Their writers then run on the hub's fan-out
+//! runtime ([`crate::hub::Hub::fan_out`]): a producer's request (or a poll) must not wait
+//! behind 10,000 streams.
 
 pub mod handoff;
 
@@ -18,7 +17,6 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use axum::http::header::UPGRADE;
 use axum::http::Request;
 use axum::Router;
 use hyper::body::Incoming;
@@ -29,17 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-/// The fan-out runtime, put into WebSocket upgrade requests so their sessions run there.
-#[derive(Clone)]
-pub struct FanOut(pub tokio::runtime::Handle);
-
 pub struct ServeOptions {
     pub header_timeout: Duration,
-    /// How long shutdown waits for open connections and upgraded sockets.
+    /// How long shutdown waits for open connections and handed-off streams.
     pub grace: Duration,
     /// Counts open TCP connections (`progress_hub_http_connections`).
     pub open_connections: metrics::Gauge,
-    /// Where stream writers and WebSocket sessions run ([`crate::hub::Hub::fan_out`]);
+    /// Where handed-off streams (SSE, WebSocket) run ([`crate::hub::Hub::fan_out`]);
     /// `None`: beside everything else.
     pub fan_out: Option<tokio::runtime::Handle>,
     /// Where connections are served ([`ConnectionRuntimes`]); empty: on the runtime
@@ -47,13 +41,12 @@ pub struct ServeOptions {
     pub connection_runtimes: Vec<tokio::runtime::Handle>,
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then drains. Upgraded
-/// sockets register in `upgraded`, which is waited for too.
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains: handed-off
+/// streams (SSE, WebSocket) are waited for like connections.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
-    upgraded: TaskTracker,
     options: ServeOptions,
 ) {
     let mut http = http1::Builder::new();
@@ -109,15 +102,10 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    upgraded.close();
-    let drained = tokio::time::timeout(options.grace, async {
-        connections.wait().await;
-        upgraded.wait().await;
-    })
-    .await;
+    let drained = tokio::time::timeout(options.grace, connections.wait()).await;
     if drained.is_err() {
         tracing::warn!(
-            open = connections.len() + upgraded.len(),
+            open = connections.len(),
             "grace period over; closing remaining connections"
         );
     }
@@ -152,15 +140,9 @@ impl Connection {
         // hyper's own `service_fn` is called by reference: unlike a tower service behind
         // `TowerToHyperService`, it is not cloned (with everything it holds) per request.
         let service = {
-            let (handoff, writers) = (handoff.clone(), writers.clone());
-            hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let handoff = handoff.clone();
+            hyper::service::service_fn(move |request: Request<Incoming>| {
                 let (router, handoff) = (router.clone(), handoff.clone());
-                // Only upgrades pay for the extension (its map is allocated on first insert).
-                if let Some(runtime) = &writers {
-                    if request.headers().contains_key(UPGRADE) {
-                        request.extensions_mut().insert(FanOut(runtime.clone()));
-                    }
-                }
                 async move {
                     let (version, method) = (request.version(), request.method().clone());
                     let mut response = router.oneshot(request).await?;
@@ -197,7 +179,7 @@ impl Connection {
 /// Single-threaded runtimes, one per core, that HTTP connections are spread over. On the
 /// work-stealing runtime a request's wake-ups crossed threads (parking and unparking the
 /// other worker was about 12 % of the poll profile); here a connection's socket, timer and
-/// tasks stay on one thread. Handlers' own spawns (an indexing job, a WebSocket upgrade)
+/// tasks stay on one thread. Handlers' own spawns (an indexing job)
 /// run there too, so the runtimes live as long as the application, not just the accept
 /// loop: dropping this stops them.
 pub struct ConnectionRuntimes {

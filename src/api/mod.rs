@@ -3,6 +3,7 @@
 
 mod auth;
 mod cors;
+mod direct;
 mod error;
 mod extract;
 mod health;
@@ -23,7 +24,6 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::util::option_layer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -72,8 +72,6 @@ pub struct Shared {
     /// Cancelled as soon as a shutdown signal arrives, before `shutdown` (which waits for
     /// the drain period): `/readyz` turns 503 while streams are still served.
     pub draining: CancellationToken,
-    /// Upgraded WebSockets live outside their HTTP connection; shutdown waits for them here.
-    pub tracker: TaskTracker,
     /// API tokens, read-token key, CORS origins.
     pub security: Arc<Security>,
     /// Subscriber and task limits.

@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,11 +17,12 @@ use bytes::Bytes;
 use futures_util::stream;
 use serde::Deserialize;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 mod direct;
 
 use super::auth::Lister;
+use super::direct::Life;
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::limits::SubscriberGuard;
@@ -31,7 +31,6 @@ use super::AppState;
 use crate::config::Config;
 use crate::hub::AllSubscription;
 use crate::server::handoff::{write_stream, FrameStream, Handoff, Takeover};
-use crate::shutdown::ShutdownWait;
 use crate::telemetry::{DeliverySampler, Transport};
 use direct::DirectSource;
 
@@ -131,19 +130,10 @@ impl FrameSource for AllSubscription {
 
 pub struct StreamState<S> {
     source: S,
-    /// Built once and cheap to poll again (see [`crate::shutdown`]): polling a fresh
-    /// cancellation future per event of every stream showed up in the fan-out profile.
-    shutdown: ShutdownWait,
-    heartbeat: Duration,
-    last_write: Instant,
-    /// One timer per stream, re-armed only when it fires: events do not touch it.
-    timer: Pin<Box<Sleep>>,
     prelude: Option<Bytes>,
-    /// The stream's maximum life (`--max-stream-secs`).
-    end_of_life: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Counts the frames written through [`frames`].
     delivery: DeliverySampler,
-    /// Held for its `Drop`: frees the subscriber's place.
-    _place: SubscriberGuard,
+    life: Life,
 }
 
 impl<S: FrameSource> Takeover for StreamState<S> {
@@ -162,17 +152,11 @@ fn event_stream<S: FrameSource>(
     transport: Transport,
     state: &AppState,
 ) -> Response {
-    let heartbeat = state.config.heartbeat();
     let st = StreamState {
         source,
-        shutdown: state.shutdown.wait(),
-        heartbeat,
-        last_write: Instant::now(),
-        timer: Box::pin(tokio::time::sleep(heartbeat)),
         prelude: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
-        end_of_life: Box::pin(until(end_of_life(&state.config))),
         delivery: DeliverySampler::new(state.metrics.clone(), transport),
-        _place: place,
+        life: Life::new(state, place),
     };
     // The server may take the stream over from hyper once the headers are out.
     let (handoff, body) = Handoff::new(Box::new(st));
@@ -201,29 +185,30 @@ fn frames<S: FrameSource>(st: StreamState<S>) -> FrameStream {
         if let Some(prelude) = st.prelude.take() {
             return Some((prelude, st));
         }
+        let life = &mut st.life;
         loop {
             tokio::select! {
                 biased;
-                _ = &mut st.shutdown => return None,
+                _ = &mut life.shutdown => return None,
                 // Ends between frames: the client resumes after the last id it got.
-                _ = st.end_of_life.as_mut() => return None,
+                _ = life.end_of_life.as_mut() => return None,
                 frame = st.source.next_frame() => {
                     let frame = frame?;
-                    st.last_write = Instant::now();
+                    life.last_write = Instant::now();
                     if let Some(published_at) = frame.published_at {
                         st.delivery.delivered(published_at);
                     }
                     return Some((frame.bytes, st));
                 }
-                _ = st.timer.as_mut() => {
-                    let due = st.last_write + st.heartbeat;
+                _ = life.timer.as_mut() => {
+                    let due = life.last_write + life.heartbeat;
                     let now = Instant::now();
                     if now >= due {
-                        st.last_write = now;
-                        st.timer.as_mut().reset(now + st.heartbeat);
+                        life.last_write = now;
+                        life.timer.as_mut().reset(now + life.heartbeat);
                         return Some((Bytes::from_static(KEEP_ALIVE), st));
                     }
-                    st.timer.as_mut().reset(due);
+                    life.timer.as_mut().reset(due);
                 }
             }
         }

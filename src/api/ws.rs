@@ -1,30 +1,43 @@
 //! WebSocket: `GET /api/index-progress/{task_id}/ws`. Push-only: one text frame per event
 //! (the event's JSON, which carries its `event` name), pings on the heartbeat, close 1000
 //! after the terminal event and 1001 when the server shuts down or the socket has lived
-//! its maximum life (the client reconnects with `?last_event_id=`). The loop also reads,
-//! so the client's pongs and close frames are handled. Before the upgrade: the read token
-//! (with `--protect-reads`), the `Origin` against the CORS allow-list, and a subscriber's
-//! place in the limits, which the socket holds until it closes.
+//! its maximum life (the client reconnects with `?last_event_id=`). What the client sends
+//! is read as it comes: pings are answered, a close is answered and ends the socket, data
+//! messages are skipped, and one over `--ws-max-message-bytes` (or anything that is not
+//! RFC 6455) ends it with 1009 (1002).
+//!
+//! The socket is a [`Direct`] stream, like a task's SSE stream: once the `101` is out,
+//! the server takes the socket over from hyper and the relay writes each event's frame to
+//! it itself (see [`crate::api::direct`]). The frames are the event's JSON, encoded once
+//! at publish time, behind a 2- or 4-byte head written per socket; server frames are
+//! never masked, so nothing else is per socket. No extension (compression) is agreed.
+//!
+//! Before the upgrade: the read token (with `--protect-reads`), the `Origin` against the
+//! CORS allow-list, the task (404), and a subscriber's place in the limits, which the
+//! socket holds until it closes.
 
+mod frame;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
-use axum::Extension;
+use bytes::Bytes;
+use tokio::net::TcpStream;
 
+use super::direct::{self, Direct, Ended, Head, Heard, Kind, Life, Peer, Stop, Wire};
 use super::error::ApiError;
 use super::extract::ApiQuery;
-use super::limits::SubscriberGuard;
 use super::read_token::ReadableTask;
-use super::sse::{end_of_life, last_event_id, until, ResumeQuery};
+use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
-use crate::hub::Subscription;
-use crate::server::FanOut;
-use crate::shutdown::ShutdownWait;
-use crate::telemetry::{DeliverySampler, Metrics, Transport};
+use crate::hub::{Attached, Event, Sink};
+use crate::server::handoff::{FrameStream, Handoff, Takeover};
+use crate::telemetry::Transport;
 
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -33,9 +46,9 @@ pub async fn task_ws(
     State(state): State<AppState>,
     ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<ResumeQuery>,
+    method: Method,
+    version: Version,
     headers: HeaderMap,
-    fan_out: Option<Extension<FanOut>>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     if !state.security.origins.allows_websocket(&headers) {
         return Err(ApiError::Forbidden("Origin not allowed".to_string()));
@@ -44,119 +57,199 @@ pub async fn task_ws(
     let place = state.limits.subscribe(Transport::WebSocket, Some(&id))?;
     // Subscribe before upgrading: an unknown task is a plain 404, and no event published
     // during the handshake can be missed.
-    let subscription = state.hub.subscribe(&id, last)?;
-    let upgrade = upgrade.map_err(|_| ApiError::UpgradeRequired)?;
-    let socket_state = SocketState {
-        shutdown: state.shutdown.wait(),
-        heartbeat: state.config.heartbeat(),
-        end_of_life: end_of_life(&state.config),
-        metrics: state.metrics.clone(),
-        _place: place,
+    let direct = Arc::new(Direct::new(&state, Transport::WebSocket));
+    let attached = state.hub.subscribe_sink(&id, last, direct.clone())?;
+    let accept = handshake(&method, version, &headers)?;
+    if attached.is_none() {
+        // The client already has the terminal event: the socket only says goodbye.
+        direct.begin(Default::default(), false);
+    }
+    let max_message = state.config.ws_max_message_bytes;
+    let session = Session {
+        direct,
+        _attached: attached,
+        life: Life::new(&state, place),
+        max_message,
     };
-    // The tracker token keeps shutdown waiting until this socket has said goodbye.
-    let tracked = state.tracker.token();
-    // Clients only send control frames (at most 125 bytes) and closes; the limit bounds
-    // what a misbehaving one can make us buffer.
-    let max_message = usize::try_from(state.config.ws_max_message_bytes).unwrap_or(4096);
-    Ok(upgrade
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(256 * 1024)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_upgrade(move |socket| async move {
-            let session = async move {
-                run(socket, subscription, socket_state).await;
-                drop(tracked);
+    let (handoff, body) = Handoff::new(Box::new(session));
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response.extensions_mut().insert(handoff);
+    Ok(response)
+}
+
+/// Checks an opening handshake (RFC 6455 §4.2.1); returns the `Sec-WebSocket-Accept`
+/// value. Anything else on this route is told to upgrade (426).
+fn handshake(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<HeaderValue, ApiError> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|key| key.as_bytes())
+        .filter(|key| frame::valid_key(key));
+    let upgrade = method == Method::GET
+        && version == Version::HTTP_11
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v.as_bytes() == b"13");
+    match key {
+        Some(key) if upgrade => {
+            HeaderValue::from_str(&frame::accept_key(key)).map_err(|_| ApiError::UpgradeRequired)
+        }
+        _ => Err(ApiError::UpgradeRequired),
+    }
+}
+
+/// Events as text frames, keep-alives as pings, the end as a close frame.
+pub struct Ws;
+
+/// The close frame after the terminal event.
+const FINISHED: &[u8] = b"\x88\x0f\x03\xe8task finished";
+
+impl Wire for Ws {
+    const TAIL: &'static [u8] = b"";
+    const END: &'static [u8] = FINISHED;
+    const KEEP_ALIVE: (Kind, &'static [u8]) = (Kind::Ping, b"");
+
+    fn payload(event: &Event) -> &Bytes {
+        event.json()
+    }
+
+    fn head(kind: Kind, len: usize, head: &mut Head) -> usize {
+        let opcode = match kind {
+            Kind::Data => frame::TEXT,
+            Kind::Ping => frame::PING,
+            Kind::Pong => frame::PONG,
+        };
+        frame::head(opcode, len, head)
+    }
+
+    fn stop(why: Stop) -> Bytes {
+        match why {
+            Stop::Shutdown => frame::close(frame::GOING_AWAY, "server shutting down"),
+            Stop::EndOfLife => frame::close(
+                frame::GOING_AWAY,
+                "stream lifetime reached; reconnect with last_event_id",
+            ),
+        }
+    }
+}
+
+/// What the client says: read as it arrives, answered through the stream's queue.
+struct Client {
+    reader: frame::Reader,
+    /// Our close frame is out: pings go unanswered, and the client's close ends it.
+    closing: bool,
+}
+
+/// Reads at most this much per turn, so a flooding client does not hold the thread.
+const READ_PER_TURN: usize = 64 * 1024;
+
+impl Peer<Ws> for Client {
+    fn heard(&mut self, direct: &Direct<Ws>) -> Heard {
+        let mut buf = [0u8; 2048];
+        let mut read = 0;
+        while read < READ_PER_TURN {
+            let n = match direct.socket().try_read(&mut buf) {
+                Ok(0) => return Heard::Gone,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Heard::Nothing,
+                Err(_) => return Heard::Gone,
             };
-            // Like SSE streams, sockets are fed from the fan-out runtime when the server
-            // runs one, so producers' requests do not queue behind them.
-            match fan_out {
-                Some(Extension(FanOut(runtime))) => drop(runtime.spawn(session)),
-                None => session.await,
-            }
-        }))
-}
-
-/// What one socket's loop needs besides its subscription.
-struct SocketState {
-    /// Polled on every turn of the loop, so built once (see [`crate::shutdown`]).
-    shutdown: ShutdownWait,
-    heartbeat: Duration,
-    end_of_life: Option<tokio::time::Instant>,
-    metrics: Arc<Metrics>,
-    /// Held for its `Drop`: frees the subscriber's place when the socket is done.
-    _place: SubscriberGuard,
-}
-
-async fn run(mut socket: WebSocket, subscription: Option<Subscription>, mut st: SocketState) {
-    let Some(mut subscription) = subscription else {
-        // The client already has the terminal event.
-        return close(socket, 1000, "task finished").await;
-    };
-    let heartbeat = st.heartbeat;
-    let start = tokio::time::Instant::now() + heartbeat;
-    let mut ping = tokio::time::interval_at(start, heartbeat);
-    let mut delivery = DeliverySampler::new(st.metrics.clone(), Transport::WebSocket);
-    let end_of_life = until(st.end_of_life);
-    tokio::pin!(end_of_life);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut st.shutdown => return close(socket, 1001, "server shutting down").await,
-            _ = &mut end_of_life => {
-                return close(socket, 1001, "stream lifetime reached; reconnect with last_event_id").await;
-            }
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_))) | None => return,
-                // Most likely a message over the size limit; the socket is unusable now.
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "WebSocket read failed");
-                    return close(socket, 1009, "message too big or malformed").await;
-                }
-                // Pings are answered by the protocol layer; anything else is ignored.
-                Some(Ok(_)) => {}
-            },
-            event = subscription.next() => {
-                let Some(event) = event else {
-                    return close(socket, 1000, "task finished").await;
-                };
-                let Ok(text) = Utf8Bytes::try_from(event.json().clone()) else {
-                    return;
-                };
-                if socket.send(Message::Text(text)).await.is_err() {
-                    return;
-                }
-                delivery.delivered(event.published_at());
-                if event.is_terminal() {
-                    return close(socket, 1000, "task finished").await;
-                }
-                ping.reset();
-            }
-            _ = ping.tick() => {
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+            read += n;
+            let mut input = &buf[..n];
+            while let Some(incoming) = self.reader.next(&mut input) {
+                match incoming {
+                    Ok(frame::Incoming::Ping(payload)) => {
+                        if !self.closing {
+                            direct.control(Kind::Pong, payload);
+                        }
+                    }
+                    Ok(frame::Incoming::Close(code)) => {
+                        if self.closing {
+                            return Heard::Gone;
+                        }
+                        let frame = frame::close(code, "");
+                        return Heard::Close {
+                            frame,
+                            linger: false,
+                        };
+                    }
+                    Err(fail) => {
+                        return Heard::Close {
+                            frame: fail.close_frame(),
+                            linger: true,
+                        };
+                    }
                 }
             }
         }
+        Heard::Nothing
     }
 }
 
-/// Sends a close frame and waits briefly for the client's, so the handshake completes.
-async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
+/// One socket, from the upgrade until it closes.
+struct Session {
+    direct: Arc<Direct<Ws>>,
+    /// The socket's place among its task's sinks; `None` when the task had ended.
+    _attached: Option<Attached>,
+    life: Life,
+    max_message: u64,
+}
+
+impl Takeover for Session {
+    /// A `101` has no body: without the socket there is no session.
+    fn into_frames(self: Box<Self>) -> FrameStream {
+        Box::pin(futures_util::stream::empty())
     }
-    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Some(Ok(message)) = socket.recv().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
+
+    fn write(self: Box<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.run(socket))
+    }
+}
+
+impl Session {
+    async fn run(mut self: Box<Self>, socket: TcpStream) {
+        let mut client = Client {
+            reader: frame::Reader::new(self.max_message),
+            closing: false,
+        };
+        let direct = &self.direct;
+        if direct::drive(direct, socket, &mut self.life, None, &mut client).await != Ended::Finished
+        {
+            return;
         }
-    })
-    .await;
+        // Our close frame is out: wait briefly for the client's, so the closing handshake
+        // completes before the server closes the connection (RFC 6455 §7.1.1).
+        client.closing = true;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            loop {
+                if std::future::poll_fn(|cx| direct.socket().poll_read_ready(cx))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if !matches!(client.heard(direct), Heard::Nothing) {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Method, Response, Version};
+use axum::http::{header, HeaderValue, Method, Response, StatusCode, Version};
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -118,9 +118,12 @@ impl Connection {
             return;
         };
         *lock(&self.armed) = Some(body);
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        // A stream ends its socket; a `101` (WebSocket) keeps its `Connection: upgrade`.
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         *response.body_mut() =
             Body::from_stream(futures_util::stream::pending::<Result<Bytes, Infallible>>());
     }
@@ -349,12 +352,7 @@ pub fn chunk_slices<'a>(
 ) -> Vec<IoSlice<'a>> {
     let mut parts = Vec::with_capacity(MAX_BATCH * 3 + 1);
     for (frame, line) in frames.into_iter().zip(lines.iter_mut()) {
-        let len = {
-            let mut cursor = &mut line[..];
-            // 16 hex digits and CRLF always fit in 20 bytes.
-            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", frame.len()));
-            20 - cursor.len()
-        };
+        let len = size_line(frame.len(), line);
         let line: &'a [u8; 20] = line;
         parts.push(IoSlice::new(&line[..len]));
         parts.push(IoSlice::new(frame));
@@ -364,6 +362,15 @@ pub fn chunk_slices<'a>(
         parts.push(IoSlice::new(LAST_CHUNK));
     }
     parts
+}
+
+/// Writes the size line of a chunk of `len` bytes (`<hex length>\r\n`) into `line`;
+/// returns its length.
+pub fn size_line(len: usize, line: &mut [u8; 20]) -> usize {
+    let mut cursor = &mut line[..];
+    // 16 hex digits and CRLF always fit in 20 bytes.
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{len:x}\r\n"));
+    20 - cursor.len()
 }
 
 /// The chunk that ends a chunked body.

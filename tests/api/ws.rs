@@ -2,10 +2,16 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{spawn_app, task_id, wait_until, within};
+use crate::raw::{closed_by_server, connect as tcp_connect, wait_for_metric};
+
+const WS_OPEN: &str = "progress_hub_connections{transport=\"ws\"}";
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -118,5 +124,148 @@ async fn websocket_unknown_task_is_404_before_the_upgrade() {
     app.create_task("plain", 1).await;
     let response = app.get("/api/index-progress/plain/ws").await;
     assert_eq!(response.status(), 426);
+    // What to upgrade to, and the one version spoken (RFC 6455 §4.4).
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    assert_eq!(response.headers()["sec-websocket-version"], "13");
     assert!(response.json::<Value>().await.unwrap()["error"].is_string());
+}
+
+/// Sends an opening handshake by hand; returns the socket, the `101`'s head and what
+/// came after it.
+async fn raw_upgrade(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+) -> (TcpStream, String, Vec<u8>) {
+    let mut stream = tcp_connect(addr).await;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+            return (stream, head, raw[end + 4..].to_vec());
+        }
+        let n = within(stream.read(&mut chunk)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before the head: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads one unmasked server frame (payload under 64 KiB): opcode and payload.
+async fn read_frame(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> (u8, Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if buffered.len() >= 2 {
+            let (len, start) = match buffered[1] {
+                126 if buffered.len() >= 4 => {
+                    (u16::from_be_bytes([buffered[2], buffered[3]]) as usize, 4)
+                }
+                126 => (usize::MAX, 0),
+                len => (len as usize, 2),
+            };
+            assert_eq!(buffered[1] & 0x80, 0, "server frames are never masked");
+            if len != usize::MAX && buffered.len() >= start + len {
+                let opcode = buffered[0] & 0x0f;
+                assert_eq!(buffered[0] & 0xf0, 0x80, "final, no reserved bits");
+                let payload = buffered[start..start + len].to_vec();
+                buffered.drain(..start + len);
+                return (opcode, payload);
+            }
+        }
+        let n = within(stream.read(&mut chunk)).await.unwrap();
+        assert!(n > 0, "closed in the middle of a frame");
+        buffered.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn websocket_handshake_follows_rfc_6455_and_a_bad_frame_closes_1002() {
+    let app = spawn_app().await;
+    app.create_task("raw", 2).await;
+    // The example key of RFC 6455 §1.3, and the accept value it gives there.
+    let (mut stream, head, mut buffered) = raw_upgrade(
+        app.addr,
+        "/api/index-progress/raw/ws",
+        "dGhlIHNhbXBsZSBub25jZQ==",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(head.contains("\r\nupgrade: websocket"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade"), "{head}");
+    // The snapshot, as a text frame.
+    let (opcode, payload) = read_frame(&mut stream, &mut buffered).await;
+    assert_eq!(opcode, 1);
+    let snapshot: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(snapshot["seq"], 1);
+    assert_eq!(snapshot["event"], "progress");
+    // A client frame without a mask is not WebSocket: close 1002, then the socket ends
+    // (after waiting briefly for a close that this client never sends).
+    stream.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+    let (opcode, payload) = read_frame(&mut stream, &mut buffered).await;
+    assert_eq!(opcode, 8);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+    assert!(closed_by_server(&mut stream).await);
+    wait_for_metric(&app, WS_OPEN, |n| n == 0.0).await;
+    wait_until(|| app.hub.listeners(&task_id("raw")) == 0).await;
+
+    // A key that is not 16 bytes in base64 is no handshake.
+    let mut stream = tcp_connect(app.addr).await;
+    stream
+        .write_all(
+            b"GET /api/index-progress/raw/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\
+              Connection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let response = crate::raw::read_to_close(&mut stream)
+        .await
+        .expect("a response");
+    assert_eq!(response.status, 426);
+}
+
+#[tokio::test]
+async fn a_client_that_closes_first_gets_its_code_back_and_frees_its_place() {
+    let app = spawn_app().await;
+    app.create_task("bye", 2).await;
+    let mut socket = connect(app.addr, "/api/index-progress/bye/ws").await;
+    assert!(matches!(
+        within(socket.next()).await,
+        Some(Ok(Message::Text(_)))
+    ));
+    wait_for_metric(&app, WS_OPEN, |n| n == 1.0).await;
+    socket
+        .close(Some(CloseFrame {
+            code: CloseCode::Library(4000),
+            reason: "done watching".into(),
+        }))
+        .await
+        .unwrap();
+    let answer = loop {
+        match within(socket.next()).await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("expected the server's close, got {other:?}"),
+        }
+    };
+    assert_eq!(answer.map(|f| f.code), Some(CloseCode::Library(4000)));
+    // Then the server closes the connection.
+    assert!(within(socket.next()).await.is_none());
+    wait_for_metric(&app, WS_OPEN, |n| n == 0.0).await;
+    wait_until(|| app.hub.listeners(&task_id("bye")) == 0).await;
+    // The task goes on for everyone else.
+    app.progress("bye", json!({"processed": 1})).await;
 }

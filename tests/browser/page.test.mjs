@@ -135,6 +135,44 @@ test('a focused task shows every update live over SSE, then its results', { time
   assert.deepEqual([...problems, ...phone.problems], []);
 });
 
+test("Chromium's own WebSocket gets every event in order, then a clean close 1000", { timeout: 60000 }, async (t) => {
+  // Big enough bodies for an event of over 64 KiB: its frame needs the 8-byte length.
+  const { server } = await serverFor(t, () => ({ extraArgs: ['--coalesce-ms', '0', '--max-body-bytes', '262144'] }));
+  const { api } = server;
+  const { task_id: id } = await api.createTask({ id: 'over-websocket', name: 'Over WebSocket', total: 3 });
+  const { page, problems } = await newPage(t);
+  await page.goto(server.url);
+  const url = (query = '') => `${server.url.replace(/^http/, 'ws')}/api/index-progress/${id}/ws${query}`;
+  const open = (wsUrl) => page.evaluate((u) => {
+    const log = { events: [], close: null };
+    window.wsLogs = [...(window.wsLogs ?? []), log];
+    const socket = new WebSocket(u);
+    socket.onmessage = (message) => log.events.push(JSON.parse(message.data));
+    socket.onclose = (e) => { log.close = { code: e.code, reason: e.reason, wasClean: e.wasClean }; };
+    return window.wsLogs.length - 1;
+  }, wsUrl);
+  const log = (n) => page.evaluate((i) => window.wsLogs[i], n);
+
+  const first = await open(url());
+  await page.waitForFunction((i) => window.wsLogs[i].events.length === 1, first, { timeout: 5000 });
+  await api.progress(id, { processed: 1, current_file: 'a.txt' });
+  await api.progress(id, { processed: 2, detail: { note: 'n'.repeat(300) } });
+  await api.complete(id, { results: { blob: 'r'.repeat(100000) } });
+  await page.waitForFunction((i) => window.wsLogs[i].close !== null, first, { timeout: 5000 });
+  const got = await log(first);
+  assert.deepEqual(got.events.map((e) => e.seq), [1, 2, 3, 4]);
+  assert.deepEqual(got.events.map((e) => e.event), ['progress', 'progress', 'progress', 'completed']);
+  assert.equal(got.events[2].detail.note.length, 300);
+  assert.equal(got.events[3].results.blob.length, 100000);
+  assert.deepEqual(got.close, { code: 1000, reason: 'task finished', wasClean: true });
+
+  // Resuming after the terminal event: nothing to send, closed cleanly at once.
+  const resumed = await open(url('?last_event_id=4'));
+  await page.waitForFunction((i) => window.wsLogs[i].close !== null, resumed, { timeout: 5000 });
+  assert.deepEqual(await log(resumed), { events: [], close: { code: 1000, reason: 'task finished', wasClean: true } });
+  assert.deepEqual(problems, []);
+});
+
 test('without EventSource the page polls (ETag + long poll) and shows the same', { timeout: 60000 }, async (t) => {
   const { server } = await serverFor(t, () => ({}));
   const { api } = server;

@@ -1,0 +1,543 @@
+//! A task's stream (SSE or WebSocket), written by the relay itself once it has a socket of
+//! its own.
+//!
+//! The stream joins its task as a [`Sink`] when it is opened: the backlog and live
+//! events are queued for it. Once the server takes the socket over from hyper, and while
+//! the socket keeps up, the relay writes each batch of events to it directly, in one
+//! non-blocking `writev`, and the stream's own task stays asleep: it only keeps the
+//! heartbeat and the stream's life, answers what the client sends, and notices the server
+//! stopping or the client leaving. Per delivered event that saves the wake-up, the
+//! scheduling and the polling of a task, about a third of the server's CPU per event with
+//! 10,000 subscribers (BENCHMARKS.md, item 12).
+//!
+//! When the socket cannot take an event at once, the event is queued and the task woken
+//! to write it as the socket drains. While anything is queued (or the task is writing),
+//! the relay only adds to the queue, so the order holds. A queue longer than the
+//! subscriber buffer is replaced by the newest event alone: the state is cumulative, so
+//! the client skips ahead as a lagging channel receiver does, and the terminal event, the
+//! newest of all, is never the one dropped.
+//!
+//! What differs between SSE and WebSocket is only the framing ([`Wire`]) and what the
+//! client may say ([`Peer`]).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use super::limits::SubscriberGuard;
+use super::AppState;
+use crate::hub::{Event, Sink, Stats};
+use crate::server::handoff::{self, MAX_BATCH};
+use crate::shutdown::ShutdownWait;
+use crate::telemetry::{DeliverySampler, Transport};
+
+/// Room for one frame's head: a chunk's size line, a WebSocket frame header.
+pub type Head = [u8; 20];
+
+/// What a frame carries, for wires that tell them apart (WebSocket opcodes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Data,
+    Ping,
+    Pong,
+}
+
+/// Why a stream ends before its task does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stop {
+    Shutdown,
+    /// The stream's maximum life (`--max-stream-secs`): the client reconnects.
+    EndOfLife,
+}
+
+/// How a stream frames what it sends.
+pub trait Wire: Send + Sync + 'static {
+    /// What follows each frame's payload.
+    const TAIL: &'static [u8];
+    /// What ends the stream after its terminal event.
+    const END: &'static [u8];
+    /// The frame sent after a heartbeat of silence.
+    const KEEP_ALIVE: (Kind, &'static [u8]);
+
+    /// The bytes that carry `event`, encoded once when it was published.
+    fn payload(event: &Event) -> &Bytes;
+
+    /// Writes the head of a frame of `kind` carrying `len` bytes; returns its length.
+    fn head(kind: Kind, len: usize, head: &mut Head) -> usize;
+
+    /// What ends the stream early, for `why`.
+    fn stop(why: Stop) -> Bytes;
+}
+
+/// Each frame's head, payload and tail, then `end`, as the slices of one `writev`. At
+/// most [`MAX_BATCH`] frames are taken.
+fn frame_slices<'a, W: Wire>(
+    frames: impl IntoIterator<Item = (Kind, &'a [u8])>,
+    heads: &'a mut [Head; MAX_BATCH],
+    end: &'a [u8],
+) -> Vec<IoSlice<'a>> {
+    let mut parts = Vec::with_capacity(MAX_BATCH * 3 + 1);
+    for ((kind, payload), head) in frames.into_iter().zip(heads.iter_mut()) {
+        let len = W::head(kind, payload.len(), head);
+        let head: &'a Head = head;
+        parts.push(IoSlice::new(&head[..len]));
+        parts.push(IoSlice::new(payload));
+        if !W::TAIL.is_empty() {
+            parts.push(IoSlice::new(W::TAIL));
+        }
+    }
+    if !end.is_empty() {
+        parts.push(IoSlice::new(end));
+    }
+    parts
+}
+
+/// What every stream has besides its events: its heartbeat, its end, its place.
+pub struct Life {
+    /// Built once and cheap to poll again (see [`crate::shutdown`]): polling a fresh
+    /// cancellation future per event of every stream showed up in the fan-out profile.
+    pub shutdown: ShutdownWait,
+    pub heartbeat: Duration,
+    pub last_write: Instant,
+    /// One timer per stream, re-armed only when it fires: events do not touch it.
+    pub timer: Pin<Box<Sleep>>,
+    /// The stream's maximum life (`--max-stream-secs`).
+    pub end_of_life: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Held for its `Drop`: frees the subscriber's place.
+    pub _place: SubscriberGuard,
+}
+
+impl Life {
+    pub fn new(state: &AppState, place: SubscriberGuard) -> Life {
+        let heartbeat = state.config.heartbeat();
+        Life {
+            shutdown: state.shutdown.wait(),
+            heartbeat,
+            last_write: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(heartbeat)),
+            end_of_life: Box::pin(super::sse::until(super::sse::end_of_life(&state.config))),
+            _place: place,
+        }
+    }
+}
+
+/// What a stream does with what its client sends.
+pub trait Peer<W: Wire>: Send {
+    /// The socket is readable: reads what is there.
+    fn heard(&mut self, direct: &Direct<W>) -> Heard;
+}
+
+pub enum Heard {
+    Nothing,
+    /// The client closed the connection, or it failed.
+    Gone,
+    /// End the stream with `frame`; `linger`: wait for the client's answer to it.
+    Close {
+        frame: Bytes,
+        linger: bool,
+    },
+}
+
+/// How [`drive`] ended.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    /// The stream wrote its end (after the terminal event, or stopping early).
+    Finished,
+    /// The client left, or closed the stream itself.
+    Gone,
+}
+
+/// Runs a stream on `socket` until it ends: terminal event, the stream's maximum life,
+/// server shutdown, or the client leaving or closing. `prelude` goes out first.
+pub async fn drive<W: Wire>(
+    direct: &Direct<W>,
+    socket: TcpStream,
+    life: &mut Life,
+    prelude: Option<Bytes>,
+    peer: &mut impl Peer<W>,
+) -> Ended {
+    if direct.socket.set(socket).is_err() {
+        return Ended::Gone;
+    }
+    direct.lock().last_write = life.last_write;
+    // The prelude goes out whatever happens next, as through hyper; the relay only queues
+    // until the backlog has been written below.
+    if let Some(prelude) = prelude {
+        let frame = [Queued::other(Kind::Data, prelude)];
+        if direct.write_frames(&frame, b"").await.is_err() {
+            direct.fail();
+            return Ended::Gone;
+        }
+    }
+    direct.wake.notify_one();
+    let why = loop {
+        tokio::select! {
+            biased;
+            _ = &mut life.shutdown => break Stop::Shutdown,
+            // Ends between frames: the client resumes after the last id it got.
+            _ = life.end_of_life.as_mut() => break Stop::EndOfLife,
+            () = direct.wake.notified() => match direct.flush().await {
+                Flushed::Idle => {}
+                Flushed::Ended => return Ended::Finished,
+                Flushed::Failed => return Ended::Gone,
+            },
+            _ = life.timer.as_mut() => {
+                let now = Instant::now();
+                let due = direct.lock().last_write + life.heartbeat;
+                if now < due {
+                    life.timer.as_mut().reset(due);
+                    continue;
+                }
+                life.timer.as_mut().reset(now + life.heartbeat);
+                if direct.keep_alive() {
+                    match direct.flush().await {
+                        Flushed::Idle => {}
+                        Flushed::Ended => return Ended::Finished,
+                        Flushed::Failed => return Ended::Gone,
+                    }
+                }
+            }
+            readable = std::future::poll_fn(|cx| direct.socket().poll_read_ready(cx)) => {
+                let heard = match readable {
+                    Ok(()) => peer.heard(direct),
+                    Err(_) => Heard::Gone,
+                };
+                match heard {
+                    Heard::Nothing => {}
+                    Heard::Gone => {
+                        direct.fail();
+                        return Ended::Gone;
+                    }
+                    Heard::Close { frame, linger } => {
+                        direct.stop(&frame).await;
+                        return if linger { Ended::Finished } else { Ended::Gone };
+                    }
+                }
+            }
+        }
+    };
+    direct.stop(&W::stop(why)).await;
+    Ended::Finished
+}
+
+/// One stream's socket and what waits to be written to it.
+pub struct Direct<W> {
+    /// Set when the server takes the stream over from hyper; until then everything is
+    /// queued.
+    socket: OnceLock<TcpStream>,
+    stats: Arc<Stats>,
+    /// Frames that may wait before the stream skips to the newest event.
+    buffer: usize,
+    /// Wakes the stream's task: something is queued, or the relay stopped writing.
+    wake: Notify,
+    state: Mutex<State>,
+    wire: PhantomData<fn() -> W>,
+}
+
+struct State {
+    /// The newest `seq` this stream has taken (written or queued).
+    last_seq: u64,
+    /// Frames for the stream's task to write, oldest first.
+    queue: VecDeque<Queued>,
+    /// The rest of a `writev` the socket took only part of: it goes before anything else.
+    partial: Option<Bytes>,
+    /// Nothing queued or partly written and the task not writing: the relay may write.
+    idle: bool,
+    /// The terminal event is queued (or the task had ended): the stream ends after the
+    /// queue.
+    ending: bool,
+    /// The end has been written (or is part of `partial`).
+    body_ended: bool,
+    /// The relay must not write any more: the stream ended or stopped, or the socket
+    /// failed.
+    closed: bool,
+    /// The socket failed or the client left.
+    failed: bool,
+    last_write: Instant,
+    /// Counts what the writes on the socket deliver (through hyper, the frame stream
+    /// counts).
+    delivery: DeliverySampler,
+}
+
+struct Queued {
+    kind: Kind,
+    payload: Bytes,
+    /// When its event was published; `None` for anything else.
+    published_at: Option<std::time::Instant>,
+}
+
+impl Queued {
+    fn other(kind: Kind, payload: Bytes) -> Queued {
+        Queued {
+            kind,
+            payload,
+            published_at: None,
+        }
+    }
+
+    fn event<W: Wire>(event: &Event) -> Queued {
+        Queued {
+            kind: Kind::Data,
+            payload: W::payload(event).clone(),
+            published_at: Some(event.published_at()),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Flushed {
+    /// Everything is written; the relay may write again.
+    Idle,
+    /// The stream's end is written.
+    Ended,
+    /// The socket failed or the client left.
+    Failed,
+}
+
+impl<W: Wire> Direct<W> {
+    pub fn new(state: &AppState, transport: Transport) -> Direct<W> {
+        Direct {
+            socket: OnceLock::new(),
+            stats: state.hub.stats_handle(),
+            buffer: (state.config.subscriber_buffer as usize).max(1),
+            wake: Notify::new(),
+            state: Mutex::new(State {
+                last_seq: 0,
+                queue: VecDeque::new(),
+                partial: None,
+                idle: false,
+                ending: false,
+                body_ended: false,
+                closed: false,
+                failed: false,
+                last_write: Instant::now(),
+                delivery: DeliverySampler::new(state.metrics.clone(), transport),
+            }),
+            wire: PhantomData,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The socket; only called once it is set.
+    pub fn socket(&self) -> &TcpStream {
+        self.socket.get().expect("set before the stream is written")
+    }
+
+    /// Through hyper: the next queued payload and when its event was published, until
+    /// the stream ends.
+    pub async fn next_queued(&self) -> Option<(Bytes, Option<std::time::Instant>)> {
+        loop {
+            {
+                let mut st = self.lock();
+                if let Some(queued) = st.queue.pop_front() {
+                    return Some((queued.payload, queued.published_at));
+                }
+                if st.ending || st.closed {
+                    return None;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Queues a frame of the stream's own (a WebSocket pong) after what is queued.
+    pub fn control(&self, kind: Kind, payload: Bytes) {
+        let mut st = self.lock();
+        if st.closed {
+            return;
+        }
+        st.idle = false;
+        st.queue.push_back(Queued::other(kind, payload));
+        self.wake.notify_one();
+    }
+
+    /// Marks the socket failed: nothing more is written to it.
+    fn fail(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.failed = true;
+        st.idle = false;
+    }
+
+    /// Queues `events` for the stream's task (with `st` locked).
+    fn enqueue(&self, st: &mut State, events: &[Event]) {
+        st.idle = false;
+        if st.queue.len() + events.len() > self.buffer {
+            st.queue.clear();
+            self.stats.lag_resyncs.fetch_add(1, Ordering::Relaxed);
+            st.queue.extend(events.last().map(Queued::event::<W>));
+        } else {
+            st.queue.extend(events.iter().map(Queued::event::<W>));
+        }
+        st.ending |= events.last().is_some_and(Event::is_terminal);
+        self.wake.notify_one();
+    }
+
+    /// Writes `frames`, then `end`, waiting for the socket as needed.
+    async fn write_frames(&self, frames: &[Queued], end: &[u8]) -> io::Result<()> {
+        // Heap, not stack: whatever lives across an `await` here is part of every idle
+        // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
+        let mut heads: Box<[Head; MAX_BATCH]> = Box::new([[0; 20]; MAX_BATCH]);
+        let frames = frames.iter().map(|q| (q.kind, &q.payload[..]));
+        let mut parts = frame_slices::<W>(frames, &mut heads, end);
+        handoff::write_all(self.socket(), &mut parts).await
+    }
+
+    /// Writes what is queued (and the end, once due) until nothing is left, then lets
+    /// the relay write again.
+    async fn flush(&self) -> Flushed {
+        loop {
+            let (partial, batch, end) = {
+                let mut st = self.lock();
+                let end_due = st.ending && !st.closed;
+                if st.partial.is_none() && (st.closed || (st.queue.is_empty() && !end_due)) {
+                    if st.failed {
+                        return Flushed::Failed;
+                    }
+                    if st.closed {
+                        return Flushed::Ended;
+                    }
+                    st.idle = true;
+                    return Flushed::Idle;
+                }
+                let partial = st.partial.take();
+                let n = st.queue.len().min(MAX_BATCH);
+                let batch: Vec<Queued> = st.queue.drain(..n).collect();
+                let end = end_due && st.queue.is_empty();
+                if end {
+                    st.body_ended = true;
+                    st.closed = true;
+                }
+                (partial, batch, end)
+            };
+            if let Some(partial) = partial {
+                let mut parts = [IoSlice::new(&partial)];
+                if handoff::write_all(self.socket(), &mut parts).await.is_err() {
+                    self.fail();
+                    return Flushed::Failed;
+                }
+            }
+            let end: &[u8] = if end { W::END } else { b"" };
+            if self.write_frames(&batch, end).await.is_err() {
+                self.fail();
+                return Flushed::Failed;
+            }
+            let mut st = self.lock();
+            st.last_write = Instant::now();
+            for published_at in batch.iter().filter_map(|q| q.published_at) {
+                st.delivery.delivered(published_at);
+            }
+        }
+    }
+
+    /// Queues a keep-alive if the relay is not writing. Returns whether it did.
+    fn keep_alive(&self) -> bool {
+        let mut st = self.lock();
+        if !st.idle {
+            return false;
+        }
+        st.idle = false;
+        let (kind, payload) = W::KEEP_ALIVE;
+        st.queue
+            .push_back(Queued::other(kind, Bytes::from_static(payload)));
+        true
+    }
+
+    /// Ends the stream early with `end` (shutdown, end of life, a close): stops the
+    /// relay and finishes a frame the socket took only part of. What is queued is
+    /// dropped; the client resumes after the last event it got. Nothing is added once
+    /// the stream's end is out.
+    async fn stop(&self, end: &[u8]) {
+        let (partial, ended) = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.idle = false;
+            (
+                st.partial.take(),
+                std::mem::replace(&mut st.body_ended, true),
+            )
+        };
+        let partial = partial.unwrap_or_default();
+        let end: &[u8] = if ended { b"" } else { end };
+        let mut parts = [IoSlice::new(&partial), IoSlice::new(end)];
+        if handoff::write_all(self.socket(), &mut parts).await.is_err() {
+            self.fail();
+        }
+    }
+}
+
+impl<W: Wire> Sink for Direct<W> {
+    fn begin(&self, backlog: VecDeque<Event>, live: bool) {
+        let mut st = self.lock();
+        if let Some(newest) = backlog.back() {
+            st.last_seq = newest.seq();
+        }
+        st.ending |= !live || backlog.back().is_some_and(Event::is_terminal);
+        st.queue.extend(backlog.iter().map(Queued::event::<W>));
+        st.idle = false;
+        self.wake.notify_one();
+    }
+
+    fn deliver(&self, events: &[Event]) {
+        let mut st = self.lock();
+        if st.closed || st.ending {
+            return;
+        }
+        // Events come in `seq` order; anything at or below `last_seq` was taken already.
+        let fresh = &events[events.partition_point(|e| e.seq() <= st.last_seq)..];
+        let Some(newest) = fresh.last() else {
+            return;
+        };
+        st.last_seq = newest.seq();
+        let socket = match self.socket.get() {
+            Some(socket) if st.idle && fresh.len() <= MAX_BATCH => socket,
+            _ => return self.enqueue(&mut st, fresh),
+        };
+        let ends = newest.is_terminal();
+        let mut heads: [Head; MAX_BATCH] = [[0; 20]; MAX_BATCH];
+        let frames = fresh.iter().map(|e| (Kind::Data, &W::payload(e)[..]));
+        let end: &[u8] = if ends { W::END } else { b"" };
+        let parts = frame_slices::<W>(frames, &mut heads, end);
+        match socket.try_write_vectored(&parts) {
+            Ok(written) => {
+                st.last_write = Instant::now();
+                for event in fresh {
+                    st.delivery.delivered(event.published_at());
+                }
+                let total: usize = parts.iter().map(|p| p.len()).sum();
+                if written < total {
+                    st.partial = Some(handoff::unwritten(&parts, written));
+                    st.idle = false;
+                }
+                if ends {
+                    st.body_ended = true;
+                    st.closed = true;
+                    st.idle = false;
+                }
+                if written < total || ends {
+                    self.wake.notify_one();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.enqueue(&mut st, fresh),
+            Err(_) => {
+                st.closed = true;
+                st.failed = true;
+                st.idle = false;
+                self.wake.notify_one();
+            }
+        }
+    }
+}
