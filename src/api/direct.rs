@@ -36,7 +36,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::limits::SubscriberGuard;
 use super::AppState;
-use crate::hub::{Event, Sink, Stats};
+use crate::hub::{Attached, Event, Sink, Stats};
 use crate::server::handoff::{self, MAX_BATCH};
 use crate::shutdown::ShutdownWait;
 use crate::telemetry::{DeliverySampler, Transport};
@@ -132,9 +132,12 @@ impl Life {
 }
 
 /// What a stream does with what its client sends.
-pub trait Peer<W: Wire>: Send {
+pub trait Peer<W: Wire>: Send + 'static {
     /// The socket is readable: reads what is there.
     fn heard(&mut self, direct: &Direct<W>) -> Heard;
+
+    /// The stream's own end is out; what follows is the client's answer to it.
+    fn closing(&mut self) {}
 }
 
 pub enum Heard {
@@ -148,86 +151,116 @@ pub enum Heard {
     },
 }
 
-/// How [`drive`] ended.
+/// How a stream's loop ended.
 #[derive(Debug, PartialEq)]
-pub enum Ended {
+enum Ended {
     /// The stream wrote its end (after the terminal event, or stopping early).
     Finished,
     /// The client left, or closed the stream itself.
     Gone,
 }
 
-/// Runs a stream on `socket` until it ends: terminal event, the stream's maximum life,
-/// server shutdown, or the client leaving or closing. `prelude` goes out first.
-pub async fn drive<W: Wire>(
-    direct: &Direct<W>,
-    socket: TcpStream,
-    life: &mut Life,
-    prelude: Option<Bytes>,
-    peer: &mut impl Peer<W>,
-) -> Ended {
-    if direct.socket.set(socket).is_err() {
-        return Ended::Gone;
-    }
-    direct.lock().last_write = life.last_write;
-    // The prelude goes out whatever happens next, as through hyper; the relay only queues
-    // until the backlog has been written below.
-    if let Some(prelude) = prelude {
-        let frame = [Queued::other(Kind::Data, prelude)];
-        if direct.write_frames(&frame, b"").await.is_err() {
-            direct.fail();
-            return Ended::Gone;
+/// A stream once the server has taken its socket over from hyper. It owns all it needs
+/// in one future, which every idle subscriber keeps: nothing is held twice.
+pub struct Stream<W: Wire, P> {
+    pub direct: Arc<Direct<W>>,
+    /// Held for its `Drop`: the stream's place among its task's sinks (`None` if the
+    /// task had ended), left when the stream ends.
+    pub _attached: Option<Attached>,
+    pub life: Life,
+    /// Written before anything else.
+    pub prelude: Option<Bytes>,
+    pub peer: P,
+    /// How long to wait for the client's answer once the stream's end is out (a
+    /// WebSocket's closing handshake); `None`: not at all.
+    pub linger: Option<Duration>,
+}
+
+impl<W: Wire, P: Peer<W>> Stream<W, P> {
+    /// Runs the stream on `socket` until it ends: terminal event, the stream's maximum
+    /// life, server shutdown, or the client leaving or closing.
+    pub async fn run(mut self, socket: TcpStream) {
+        let direct = &*self.direct;
+        if direct.socket.set(socket).is_err() {
+            return;
         }
-    }
-    direct.wake.notify_one();
-    let why = loop {
-        tokio::select! {
-            biased;
-            _ = &mut life.shutdown => break Stop::Shutdown,
-            // Ends between frames: the client resumes after the last id it got.
-            _ = life.end_of_life.as_mut() => break Stop::EndOfLife,
-            () = direct.wake.notified() => match direct.flush().await {
-                Flushed::Idle => {}
-                Flushed::Ended => return Ended::Finished,
-                Flushed::Failed => return Ended::Gone,
-            },
-            _ = life.timer.as_mut() => {
-                let now = Instant::now();
-                let due = direct.lock().last_write + life.heartbeat;
-                if now < due {
-                    life.timer.as_mut().reset(due);
-                    continue;
-                }
-                life.timer.as_mut().reset(now + life.heartbeat);
-                if direct.keep_alive() {
+        let life = &mut self.life;
+        direct.lock().last_write = life.last_write;
+        // The prelude goes out whatever happens next, as through hyper; the relay only
+        // queues until the backlog has been written below.
+        if let Some(prelude) = self.prelude.take() {
+            let frame = [Queued::other(Kind::Data, prelude)];
+            if direct.write_frames(&frame, b"").await.is_err() {
+                return direct.fail();
+            }
+        }
+        direct.wake.notify_one();
+        let ended = loop {
+            let why = tokio::select! {
+                biased;
+                _ = &mut life.shutdown => Stop::Shutdown,
+                // Ends between frames: the client resumes after the last id it got.
+                _ = life.end_of_life.as_mut() => Stop::EndOfLife,
+                () = direct.wake.notified() => match direct.flush().await {
+                    Flushed::Idle => continue,
+                    Flushed::Ended => break Ended::Finished,
+                    Flushed::Failed => break Ended::Gone,
+                },
+                _ = life.timer.as_mut() => {
+                    let now = Instant::now();
+                    let due = direct.lock().last_write + life.heartbeat;
+                    if now < due {
+                        life.timer.as_mut().reset(due);
+                        continue;
+                    }
+                    life.timer.as_mut().reset(now + life.heartbeat);
+                    if !direct.keep_alive() {
+                        continue;
+                    }
                     match direct.flush().await {
-                        Flushed::Idle => {}
-                        Flushed::Ended => return Ended::Finished,
-                        Flushed::Failed => return Ended::Gone,
+                        Flushed::Idle => continue,
+                        Flushed::Ended => break Ended::Finished,
+                        Flushed::Failed => break Ended::Gone,
                     }
                 }
-            }
-            readable = std::future::poll_fn(|cx| direct.socket().poll_read_ready(cx)) => {
-                let heard = match readable {
-                    Ok(()) => peer.heard(direct),
-                    Err(_) => Heard::Gone,
-                };
-                match heard {
-                    Heard::Nothing => {}
-                    Heard::Gone => {
-                        direct.fail();
-                        return Ended::Gone;
-                    }
-                    Heard::Close { frame, linger } => {
-                        direct.stop(&frame).await;
-                        return if linger { Ended::Finished } else { Ended::Gone };
+                readable = std::future::poll_fn(|cx| direct.socket().poll_read_ready(cx)) => {
+                    let heard = match readable {
+                        Ok(()) => self.peer.heard(direct),
+                        Err(_) => Heard::Gone,
+                    };
+                    match heard {
+                        Heard::Nothing => continue,
+                        Heard::Gone => {
+                            direct.fail();
+                            break Ended::Gone;
+                        }
+                        Heard::Close { frame, linger } => {
+                            direct.stop(&frame).await;
+                            break if linger { Ended::Finished } else { Ended::Gone };
+                        }
                     }
                 }
+            };
+            direct.stop(&W::stop(why)).await;
+            break Ended::Finished;
+        };
+        let Some(wait) = self.linger.filter(|_| ended == Ended::Finished) else {
+            return;
+        };
+        self.peer.closing();
+        let peer = &mut self.peer;
+        let _ = tokio::time::timeout(wait, async {
+            while std::future::poll_fn(|cx| direct.socket().poll_read_ready(cx))
+                .await
+                .is_ok()
+            {
+                if !matches!(peer.heard(direct), Heard::Nothing) {
+                    return;
+                }
             }
-        }
-    };
-    direct.stop(&W::stop(why)).await;
-    Ended::Finished
+        })
+        .await;
+    }
 }
 
 /// One stream's socket and what waits to be written to it.
@@ -269,27 +302,46 @@ struct State {
     delivery: DeliverySampler,
 }
 
+/// A frame waiting to be written; 48 bytes, as every idle stream keeps room for a few.
 struct Queued {
-    kind: Kind,
     payload: Bytes,
-    /// When its event was published; `None` for anything else.
-    published_at: Option<std::time::Instant>,
+    what: What,
+}
+
+enum What {
+    /// An event's data, and when the event was published.
+    Event(std::time::Instant),
+    /// Anything else (prelude, keep-alive, pong). Shares the `Instant`'s spare values,
+    /// so it costs no room of its own.
+    Other(Kind),
 }
 
 impl Queued {
     fn other(kind: Kind, payload: Bytes) -> Queued {
         Queued {
-            kind,
             payload,
-            published_at: None,
+            what: What::Other(kind),
         }
     }
 
     fn event<W: Wire>(event: &Event) -> Queued {
         Queued {
-            kind: Kind::Data,
             payload: W::payload(event).clone(),
-            published_at: Some(event.published_at()),
+            what: What::Event(event.published_at()),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self.what {
+            What::Event(_) => Kind::Data,
+            What::Other(kind) => kind,
+        }
+    }
+
+    fn published_at(&self) -> Option<std::time::Instant> {
+        match self.what {
+            What::Event(at) => Some(at),
+            What::Other(_) => None,
         }
     }
 }
@@ -343,7 +395,8 @@ impl<W: Wire> Direct<W> {
             {
                 let mut st = self.lock();
                 if let Some(queued) = st.queue.pop_front() {
-                    return Some((queued.payload, queued.published_at));
+                    let published_at = queued.published_at();
+                    return Some((queued.payload, published_at));
                 }
                 if st.ending || st.closed {
                     return None;
@@ -391,7 +444,7 @@ impl<W: Wire> Direct<W> {
         // Heap, not stack: whatever lives across an `await` here is part of every idle
         // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
         let mut heads: Box<[Head; MAX_BATCH]> = Box::new([[0; 20]; MAX_BATCH]);
-        let frames = frames.iter().map(|q| (q.kind, &q.payload[..]));
+        let frames = frames.iter().map(|q| (q.kind(), &q.payload[..]));
         let mut parts = frame_slices::<W>(frames, &mut heads, end);
         handoff::write_all(self.socket(), &mut parts).await
     }
@@ -437,7 +490,7 @@ impl<W: Wire> Direct<W> {
             }
             let mut st = self.lock();
             st.last_write = Instant::now();
-            for published_at in batch.iter().filter_map(|q| q.published_at) {
+            for published_at in batch.iter().filter_map(Queued::published_at) {
                 st.delivery.delivered(published_at);
             }
         }
@@ -539,5 +592,19 @@ impl<W: Wire> Sink for Direct<W> {
                 self.wake.notify_one();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle stream keeps room for a few queued frames (a `VecDeque` grows by at
+    /// least 4): the frame's kind shares the publish time's spare values.
+    #[test]
+    fn a_queued_frame_takes_48_bytes() {
+        assert_eq!(std::mem::size_of::<Queued>(), 48);
+        let other = Queued::other(Kind::Pong, Bytes::from_static(b"hi"));
+        assert_eq!((other.kind(), other.published_at()), (Kind::Pong, None));
     }
 }

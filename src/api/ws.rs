@@ -29,13 +29,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::direct::{self, Direct, Ended, Head, Heard, Kind, Life, Peer, Stop, Wire};
+use super::direct::{Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::read_token::ReadableTask;
 use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
-use crate::hub::{Attached, Event, Sink};
+use crate::hub::{Event, Sink};
 use crate::server::handoff::{FrameStream, Handoff, Takeover};
 use crate::telemetry::Transport;
 
@@ -64,14 +64,20 @@ pub async fn task_ws(
         // The client already has the terminal event: the socket only says goodbye.
         direct.begin(Default::default(), false);
     }
-    let max_message = state.config.ws_max_message_bytes;
-    let session = Session {
+    let stream = Stream {
         direct,
         _attached: attached,
         life: Life::new(&state, place),
-        max_message,
+        prelude: None,
+        peer: Client {
+            reader: frame::Reader::new(state.config.ws_max_message_bytes),
+            closing: false,
+        },
+        // After our close frame, wait briefly for the client's, so the closing handshake
+        // completes before the server closes the connection (RFC 6455 §7.1.1).
+        linger: Some(CLOSE_WAIT),
     };
-    let (handoff, body) = Handoff::new(Box::new(session));
+    let (handoff, body) = Handoff::new(Box::new(stream));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -161,6 +167,10 @@ struct Client {
 const READ_PER_TURN: usize = 64 * 1024;
 
 impl Peer<Ws> for Client {
+    fn closing(&mut self) {
+        self.closing = true;
+    }
+
     fn heard(&mut self, direct: &Direct<Ws>) -> Heard {
         let mut buf = [0u8; 2048];
         let mut read = 0;
@@ -203,16 +213,9 @@ impl Peer<Ws> for Client {
     }
 }
 
-/// One socket, from the upgrade until it closes.
-struct Session {
-    direct: Arc<Direct<Ws>>,
-    /// The socket's place among its task's sinks; `None` when the task had ended.
-    _attached: Option<Attached>,
-    life: Life,
-    max_message: u64,
-}
-
-impl Takeover for Session {
+/// Taken over once the `101` is flushed. hyper's read buffer, dropped then, holds nothing
+/// of the stream's: a client sends no frame before it has the `101` (RFC 6455 §4.1).
+impl Takeover for Stream<Ws, Client> {
     /// A `101` has no body: without the socket there is no session.
     fn into_frames(self: Box<Self>) -> FrameStream {
         Box::pin(futures_util::stream::empty())
@@ -220,36 +223,5 @@ impl Takeover for Session {
 
     fn write(self: Box<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(self.run(socket))
-    }
-}
-
-impl Session {
-    async fn run(mut self: Box<Self>, socket: TcpStream) {
-        let mut client = Client {
-            reader: frame::Reader::new(self.max_message),
-            closing: false,
-        };
-        let direct = &self.direct;
-        if direct::drive(direct, socket, &mut self.life, None, &mut client).await != Ended::Finished
-        {
-            return;
-        }
-        // Our close frame is out: wait briefly for the client's, so the closing handshake
-        // completes before the server closes the connection (RFC 6455 §7.1.1).
-        client.closing = true;
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            loop {
-                if std::future::poll_fn(|cx| direct.socket().poll_read_ready(cx))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if !matches!(client.heard(direct), Heard::Nothing) {
-                    return;
-                }
-            }
-        })
-        .await;
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::{Frame, FrameSource, StreamState, KEEP_ALIVE};
-use crate::api::direct::{self, Direct, Head, Heard, Kind, Peer, Stop, Wire};
+use crate::api::direct::{Direct, Head, Heard, Kind, Peer, Stop, Stream, Wire};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::hub::{Attached, Event, TaskId};
@@ -88,14 +88,21 @@ impl FrameSource for DirectSource {
     }
 
     fn write(st: StreamState<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            let StreamState {
-                source,
-                prelude,
-                mut life,
-                ..
-            } = st;
-            direct::drive(&source.direct, socket, &mut life, prelude, &mut Listener).await;
-        })
+        let StreamState {
+            source,
+            prelude,
+            life,
+            // Counts only what goes through hyper.
+            delivery: _,
+        } = st;
+        let stream = Stream {
+            direct: source.direct,
+            _attached: Some(source._attached),
+            life,
+            prelude,
+            peer: Listener,
+            linger: None,
+        };
+        Box::pin(stream.run(socket))
     }
 }
