@@ -60,8 +60,17 @@ pub enum Stop {
     EndOfLife,
 }
 
+/// Each wire's place among an event's ready-to-write forms ([`Event::wire_form`]).
+pub mod form {
+    pub const SSE: usize = 0;
+    pub const WEBSOCKET: usize = 1;
+    const _: () = assert!(SSE < crate::hub::WIRE_FORMS && WEBSOCKET < crate::hub::WIRE_FORMS);
+}
+
 /// How a stream frames what it sends.
 pub trait Wire: Send + Sync + 'static {
+    /// Which of an event's ready-to-write forms ([`Event::wire_form`]) is this wire's.
+    const FORM: usize;
     /// What follows each frame's payload.
     const TAIL: &'static [u8];
     /// What ends the stream after its terminal event.
@@ -69,7 +78,8 @@ pub trait Wire: Send + Sync + 'static {
     /// The frame sent after a heartbeat of silence.
     const KEEP_ALIVE: (Kind, &'static [u8]);
 
-    /// The bytes that carry `event`, encoded once when it was published.
+    /// The bytes that carry `event`, encoded once when it was published (unframed:
+    /// through hyper, hyper frames them).
     fn payload(event: &Event) -> &Bytes;
 
     /// Writes the head of a frame of `kind` carrying `len` bytes; returns its length.
@@ -77,23 +87,43 @@ pub trait Wire: Send + Sync + 'static {
 
     /// What ends the stream early, for `why`.
     fn stop(why: Stop) -> Bytes;
+
+    /// `event` framed for this wire, ready to write: built once per event, on first use,
+    /// and then written as it is to every subscriber.
+    fn framed(event: &Event) -> &Bytes {
+        event.wire_form(Self::FORM, |event| {
+            let payload = Self::payload(event);
+            let mut head: Head = [0; 20];
+            let len = Self::head(Kind::Data, payload.len(), &mut head);
+            let mut frame = Vec::with_capacity(len + payload.len() + Self::TAIL.len());
+            frame.extend_from_slice(&head[..len]);
+            frame.extend_from_slice(payload);
+            frame.extend_from_slice(Self::TAIL);
+            Bytes::from(frame)
+        })
+    }
 }
 
-/// Each frame's head, payload and tail, then `end`, as the slices of one `writev`. At
-/// most [`MAX_BATCH`] frames are taken.
+/// The queued frames, framed, then `end`, as the slices of one `writev`. At most
+/// [`MAX_BATCH`] frames are taken.
 fn frame_slices<'a, W: Wire>(
-    frames: impl IntoIterator<Item = (Kind, &'a [u8])>,
+    frames: &'a [Queued],
     heads: &'a mut [Head; MAX_BATCH],
     end: &'a [u8],
 ) -> Vec<IoSlice<'a>> {
     let mut parts = Vec::with_capacity(MAX_BATCH * 3 + 1);
-    for ((kind, payload), head) in frames.into_iter().zip(heads.iter_mut()) {
-        let len = W::head(kind, payload.len(), head);
-        let head: &'a Head = head;
-        parts.push(IoSlice::new(&head[..len]));
-        parts.push(IoSlice::new(payload));
-        if !W::TAIL.is_empty() {
-            parts.push(IoSlice::new(W::TAIL));
+    for (queued, head) in frames.iter().zip(heads.iter_mut()) {
+        match queued {
+            Queued::Event(event) => parts.push(IoSlice::new(W::framed(event))),
+            Queued::Other(kind, payload) => {
+                let len = W::head(*kind, payload.len(), head);
+                let head: &'a Head = head;
+                parts.push(IoSlice::new(&head[..len]));
+                parts.push(IoSlice::new(payload));
+                if !W::TAIL.is_empty() {
+                    parts.push(IoSlice::new(W::TAIL));
+                }
+            }
         }
     }
     if !end.is_empty() {
@@ -189,7 +219,7 @@ impl<W: Wire, P: Peer<W>> Stream<W, P> {
         // The prelude goes out whatever happens next, as through hyper; the relay only
         // queues until the backlog has been written below.
         if let Some(prelude) = self.prelude.take() {
-            let frame = [Queued::other(Kind::Data, prelude)];
+            let frame = [Queued::Other(Kind::Data, prelude)];
             if direct.write_frames(&frame, b"").await.is_err() {
                 return direct.fail();
             }
@@ -302,46 +332,18 @@ struct State {
     delivery: DeliverySampler,
 }
 
-/// A frame waiting to be written; 48 bytes, as every idle stream keeps room for a few.
-struct Queued {
-    payload: Bytes,
-    what: What,
-}
-
-enum What {
-    /// An event's data, and when the event was published.
-    Event(std::time::Instant),
-    /// Anything else (prelude, keep-alive, pong). Shares the `Instant`'s spare values,
-    /// so it costs no room of its own.
-    Other(Kind),
+/// A frame waiting to be written (40 bytes: every idle stream keeps room for a few).
+enum Queued {
+    Event(Event),
+    /// Anything else: prelude, keep-alive, pong.
+    Other(Kind, Bytes),
 }
 
 impl Queued {
-    fn other(kind: Kind, payload: Bytes) -> Queued {
-        Queued {
-            payload,
-            what: What::Other(kind),
-        }
-    }
-
-    fn event<W: Wire>(event: &Event) -> Queued {
-        Queued {
-            payload: W::payload(event).clone(),
-            what: What::Event(event.published_at()),
-        }
-    }
-
-    fn kind(&self) -> Kind {
-        match self.what {
-            What::Event(_) => Kind::Data,
-            What::Other(kind) => kind,
-        }
-    }
-
     fn published_at(&self) -> Option<std::time::Instant> {
-        match self.what {
-            What::Event(at) => Some(at),
-            What::Other(_) => None,
+        match self {
+            Queued::Event(event) => Some(event.published_at()),
+            Queued::Other(..) => None,
         }
     }
 }
@@ -394,9 +396,12 @@ impl<W: Wire> Direct<W> {
         loop {
             {
                 let mut st = self.lock();
-                if let Some(queued) = st.queue.pop_front() {
-                    let published_at = queued.published_at();
-                    return Some((queued.payload, published_at));
+                match st.queue.pop_front() {
+                    Some(Queued::Event(event)) => {
+                        return Some((W::payload(&event).clone(), Some(event.published_at())))
+                    }
+                    Some(Queued::Other(_, payload)) => return Some((payload, None)),
+                    None => {}
                 }
                 if st.ending || st.closed {
                     return None;
@@ -413,7 +418,7 @@ impl<W: Wire> Direct<W> {
             return;
         }
         st.idle = false;
-        st.queue.push_back(Queued::other(kind, payload));
+        st.queue.push_back(Queued::Other(kind, payload));
         self.wake.notify_one();
     }
 
@@ -431,9 +436,9 @@ impl<W: Wire> Direct<W> {
         if st.queue.len() + events.len() > self.buffer {
             st.queue.clear();
             self.stats.lag_resyncs.fetch_add(1, Ordering::Relaxed);
-            st.queue.extend(events.last().map(Queued::event::<W>));
+            st.queue.extend(events.last().cloned().map(Queued::Event));
         } else {
-            st.queue.extend(events.iter().map(Queued::event::<W>));
+            st.queue.extend(events.iter().cloned().map(Queued::Event));
         }
         st.ending |= events.last().is_some_and(Event::is_terminal);
         self.wake.notify_one();
@@ -444,7 +449,6 @@ impl<W: Wire> Direct<W> {
         // Heap, not stack: whatever lives across an `await` here is part of every idle
         // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
         let mut heads: Box<[Head; MAX_BATCH]> = Box::new([[0; 20]; MAX_BATCH]);
-        let frames = frames.iter().map(|q| (q.kind(), &q.payload[..]));
         let mut parts = frame_slices::<W>(frames, &mut heads, end);
         handoff::write_all(self.socket(), &mut parts).await
     }
@@ -505,7 +509,7 @@ impl<W: Wire> Direct<W> {
         st.idle = false;
         let (kind, payload) = W::KEEP_ALIVE;
         st.queue
-            .push_back(Queued::other(kind, Bytes::from_static(payload)));
+            .push_back(Queued::Other(kind, Bytes::from_static(payload)));
         true
     }
 
@@ -539,7 +543,7 @@ impl<W: Wire> Sink for Direct<W> {
             st.last_seq = newest.seq();
         }
         st.ending |= !live || backlog.back().is_some_and(Event::is_terminal);
-        st.queue.extend(backlog.iter().map(Queued::event::<W>));
+        st.queue.extend(backlog.into_iter().map(Queued::Event));
         st.idle = false;
         self.wake.notify_one();
     }
@@ -560,11 +564,19 @@ impl<W: Wire> Sink for Direct<W> {
             _ => return self.enqueue(&mut st, fresh),
         };
         let ends = newest.is_terminal();
-        let mut heads: [Head; MAX_BATCH] = [[0; 20]; MAX_BATCH];
-        let frames = fresh.iter().map(|e| (Kind::Data, &W::payload(e)[..]));
-        let end: &[u8] = if ends { W::END } else { b"" };
-        let parts = frame_slices::<W>(frames, &mut heads, end);
-        match socket.try_write_vectored(&parts) {
+        // One slice per event, framed once per event for every subscriber, and no
+        // allocation: this runs per subscriber per event.
+        let mut slots = [IoSlice::new(&[]); MAX_BATCH + 1];
+        for (slot, event) in slots.iter_mut().zip(fresh) {
+            *slot = IoSlice::new(W::framed(event));
+        }
+        let mut used = fresh.len();
+        if ends {
+            slots[used] = IoSlice::new(W::END);
+            used += 1;
+        }
+        let parts = &slots[..used];
+        match socket.try_write_vectored(parts) {
             Ok(written) => {
                 st.last_write = Instant::now();
                 for event in fresh {
@@ -572,7 +584,7 @@ impl<W: Wire> Sink for Direct<W> {
                 }
                 let total: usize = parts.iter().map(|p| p.len()).sum();
                 if written < total {
-                    st.partial = Some(handoff::unwritten(&parts, written));
+                    st.partial = Some(handoff::unwritten(parts, written));
                     st.idle = false;
                 }
                 if ends {
@@ -600,11 +612,9 @@ mod tests {
     use super::*;
 
     /// Every idle stream keeps room for a few queued frames (a `VecDeque` grows by at
-    /// least 4): the frame's kind shares the publish time's spare values.
+    /// least 4).
     #[test]
-    fn a_queued_frame_takes_48_bytes() {
-        assert_eq!(std::mem::size_of::<Queued>(), 48);
-        let other = Queued::other(Kind::Pong, Bytes::from_static(b"hi"));
-        assert_eq!((other.kind(), other.published_at()), (Kind::Pong, None));
+    fn a_queued_frame_takes_40_bytes() {
+        assert_eq!(std::mem::size_of::<Queued>(), 40);
     }
 }

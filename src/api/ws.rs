@@ -29,7 +29,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::direct::{Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
+use super::direct::{self, Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::read_token::ReadableTask;
@@ -128,6 +128,7 @@ pub struct Ws;
 const FINISHED: &[u8] = b"\x88\x0f\x03\xe8task finished";
 
 impl Wire for Ws {
+    const FORM: usize = direct::form::WEBSOCKET;
     const TAIL: &'static [u8] = b"";
     const END: &'static [u8] = FINISHED;
     const KEEP_ALIVE: (Kind, &'static [u8]) = (Kind::Ping, b"");

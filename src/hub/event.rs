@@ -3,10 +3,12 @@
 //! Every transport sends the same bytes: polling answers with [`Event::json`], SSE writes
 //! [`Event::sse_frame`], WebSocket sends [`Event::json`] as a text frame. Cloning an event
 //! only bumps a reference count, so fanning it out to N subscribers costs N writes and
-//! no serialization.
+//! no serialization. What a transport wraps around those bytes on the wire (a chunk's
+//! size line, a WebSocket frame head) is built once per event too, the first time a
+//! subscriber needs it ([`Event::wire_form`]), not once per subscriber.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -66,7 +68,12 @@ struct EventInner {
     json: Bytes,
     /// When this event was encoded, for the publish-to-deliver latency on `/metrics`.
     published_at: Instant,
+    /// Ready-to-write forms of the event, built by the transports on first use.
+    wire: [OnceLock<Bytes>; WIRE_FORMS],
 }
+
+/// How many ready-to-write forms an event keeps ([`Event::wire_form`]).
+pub const WIRE_FORMS: usize = 2;
 
 impl Event {
     /// Serializes a snapshot into an event. Called once per published change.
@@ -85,7 +92,15 @@ impl Event {
             sse,
             json,
             published_at: Instant::now(),
+            wire: Default::default(),
         }))
+    }
+
+    /// The event's ready-to-write form number `form` (< [`WIRE_FORMS`]), built by `build`
+    /// the first time it is asked for: every subscriber of a transport then writes the
+    /// same bytes, framing included.
+    pub fn wire_form(&self, form: usize, build: impl FnOnce(&Event) -> Bytes) -> &Bytes {
+        self.0.wire[form].get_or_init(|| build(self))
     }
 
     /// Rebuilds an event from the JSON a store kept, with the snapshot it carries.
@@ -167,5 +182,25 @@ mod tests {
             &frame[..],
             b"id: 7\nevent: completed\ndata: {\"a\":\"x\\ny\"}\n\n"
         );
+    }
+
+    #[test]
+    fn a_wire_form_is_built_once_and_shared_by_clones() {
+        let id = TaskId::parse("t").unwrap();
+        let event = Event::encode(&Snapshot::new(id, None, 3, 0));
+        let clone = event.clone();
+        let mut builds = 0;
+        let mut build = |e: &Event| {
+            builds += 1;
+            Bytes::from([&b"<"[..], e.json(), b">"].concat())
+        };
+        let first = event.wire_form(1, &mut build).clone();
+        let again = clone.wire_form(1, &mut build).clone();
+        assert_eq!(builds, 1);
+        assert_eq!(first, again);
+        assert!(first.starts_with(b"<{") && first.ends_with(b"}>"));
+        // Another form is built apart.
+        let other = event.wire_form(0, |_| Bytes::from_static(b"sse"));
+        assert_eq!(&other[..], b"sse");
     }
 }

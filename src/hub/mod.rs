@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 pub use all::{AllEvent, AllSubscription};
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, WIRE_FORMS};
 pub use id::{InvalidTaskId, TaskId};
 pub use sink::{Attached, Sink};
 pub use snapshot::{Outcome, ProgressUpdate, Snapshot, Status, UpdateRejected};

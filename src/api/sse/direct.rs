@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::{Frame, FrameSource, StreamState, KEEP_ALIVE};
-use crate::api::direct::{Direct, Head, Heard, Kind, Peer, Stop, Stream, Wire};
+use crate::api::direct::{self, Direct, Head, Heard, Kind, Peer, Stop, Stream, Wire};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::hub::{Attached, Event, TaskId};
@@ -21,6 +21,7 @@ use crate::telemetry::Transport;
 pub struct Sse;
 
 impl Wire for Sse {
+    const FORM: usize = direct::form::SSE;
     const TAIL: &'static [u8] = b"\r\n";
     const END: &'static [u8] = LAST_CHUNK;
     const KEEP_ALIVE: (Kind, &'static [u8]) = (Kind::Data, KEEP_ALIVE);
