@@ -8,7 +8,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app, task_id, wait_until, within};
+use std::sync::atomic::Ordering;
+
+use crate::helpers::{spawn_app, spawn_app_with, task_id, wait_until, within};
 use crate::raw::{closed_by_server, connect as tcp_connect, wait_for_metric};
 
 const WS_OPEN: &str = "progress_hub_connections{transport=\"ws\"}";
@@ -268,4 +270,52 @@ async fn a_client_that_closes_first_gets_its_code_back_and_frees_its_place() {
     wait_until(|| app.hub.listeners(&task_id("bye")) == 0).await;
     // The task goes on for everyone else.
     app.progress("bye", json!({"processed": 1})).await;
+}
+
+#[tokio::test]
+async fn a_stalled_websocket_reader_is_resynced_with_whole_frames() {
+    let app = spawn_app_with(|c| c.subscriber_buffer = 16).await;
+    app.create_task("wflood", 1_000_000).await;
+    // A client with a tiny receive buffer that reads nothing after the handshake: the
+    // server's writes stop part-way through frames, and its queue overflows.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let (mut stalled, _) = within(tokio_tungstenite::client_async(
+        "ws://x/api/index-progress/wflood/ws",
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    ))
+    .await
+    .expect("WebSocket handshake");
+    wait_until(|| app.hub.listeners(&task_id("wflood")) == 1).await;
+    // About 8 MB of events, far more than the socket buffers hold; publishing must not
+    // wait for this reader.
+    let padding = "x".repeat(2000);
+    within(async {
+        for n in 1..=4000u64 {
+            let body = json!({"processed": n, "detail": {"pad": padding}});
+            assert_eq!(app.progress("wflood", body).await.status(), 200);
+        }
+    })
+    .await;
+    let end: Value = app
+        .complete("wflood", json!({"n": 4000}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // Every frame read afterwards parses (a frame cut by the overflow would not), in
+    // order, up to the terminal event and a close 1000.
+    let (events, code) = read_until_close(&mut stalled).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs must increase");
+    assert_eq!(seqs.last().copied(), end["seq"].as_u64());
+    assert_eq!(events.last().unwrap()["event"], "completed");
+    assert!(
+        seqs.len() < 4000,
+        "a stalled reader skips; got {}",
+        seqs.len()
+    );
+    assert_eq!(code, Some(CloseCode::Normal));
+    assert!(app.hub.stats().lag_resyncs.load(Ordering::Relaxed) >= 1);
 }
