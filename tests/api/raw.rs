@@ -137,6 +137,30 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A chunked body checked strictly: every chunk whole, then the last chunk and nothing
+/// after it.
+pub fn dechunk_strict(mut raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let end = find(raw, b"\r\n").ok_or("a size line without its end")?;
+        let line = String::from_utf8_lossy(&raw[..end]).to_string();
+        let size =
+            usize::from_str_radix(&line, 16).map_err(|_| format!("bad size line {line:?}"))?;
+        raw = &raw[end + 2..];
+        if size == 0 {
+            return match raw {
+                b"\r\n" => Ok(out),
+                _ => Err(format!("{} bytes after the last chunk", raw.len())),
+            };
+        }
+        if raw.len() < size + 2 || &raw[size..size + 2] != b"\r\n" {
+            return Err(format!("a chunk of {size} bytes cut short"));
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -221,7 +221,22 @@ async fn a_stalled_reader_is_resynced_and_never_slows_the_producer() {
         }
     })
     .await;
-    let text = String::from_utf8_lossy(&raw);
+    // Whole chunks, each a whole SSE frame: a write that stopped part-way through a
+    // chunk must be finished before anything else goes out.
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let body = crate::raw::dechunk_strict(&raw[head_end + 4..]).expect("well-formed chunks");
+    let text = String::from_utf8_lossy(&body);
+    for frame in text.split_terminator("\n\n") {
+        let lines: Vec<&str> = frame.lines().collect();
+        let whole = matches!(
+            lines[..],
+            [id, event, data] if id.starts_with("id: ") && event.starts_with("event: ") && data.starts_with("data: {")
+        );
+        assert!(
+            whole || frame.starts_with("retry: ") || frame.starts_with(':'),
+            "{frame:.200}"
+        );
+    }
     let ids: Vec<u64> = text
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
