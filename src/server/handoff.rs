@@ -8,6 +8,8 @@
 //! middleware still applies to them), and once they are flushed the connection task drops
 //! hyper's state and [`write_stream`] carries on with the same chunked encoding on the bare
 //! socket. The response says `Connection: close`, as the socket ends with the stream.
+//! A WebSocket's `101` is handed off the same way, and its writer speaks WebSocket frames
+//! from there (`crate::api::ws`).
 //!
 //! Anything else takes the ordinary path, with the same bytes on the wire: tests that drive
 //! the router without a socket, HTTP/1.0 or `HEAD` requests stream the body through hyper.
