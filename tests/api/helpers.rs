@@ -139,6 +139,25 @@ impl TestApp {
         .await
     }
 
+    /// Publishes `count` progress reports of about 2 KB each (far more than socket
+    /// buffers hold), each acknowledged, then completes the task; returns the terminal
+    /// snapshot. Bounded by the test timeout.
+    pub async fn flood_then_complete(&self, id: &str, count: u64) -> Value {
+        let padding = "x".repeat(2000);
+        within(async {
+            for n in 1..=count {
+                let body = json!({"processed": n, "detail": {"pad": padding}});
+                assert_eq!(self.progress(id, body).await.status(), 200);
+            }
+        })
+        .await;
+        self.complete(id, json!({ "n": count }))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Opens the task's SSE stream, with an optional `Last-Event-ID`.
     pub async fn sse(&self, path: &str, last_event_id: Option<u64>) -> reqwest::Response {
         let mut request = self.client.get(self.url(path));

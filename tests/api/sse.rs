@@ -193,21 +193,7 @@ async fn a_stalled_reader_is_resynced_and_never_slows_the_producer() {
     wait_until(|| app.hub.listeners(&task_id("flood")) == 1).await;
     // The producer publishes ~8 MB of events, far more than any socket buffer holds. If
     // publishing waited for this reader, this would never finish.
-    let padding = "x".repeat(2000);
-    within(async {
-        for n in 1..=4000u64 {
-            let body = json!({"processed": n, "detail": {"pad": padding}});
-            let response = app.progress("flood", body).await;
-            assert_eq!(response.status(), 200);
-        }
-    })
-    .await;
-    let end: Value = app
-        .complete("flood", json!({"n": 4000}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let end = app.flood_then_complete("flood", 4000).await;
     // Now read everything the stalled client was sent.
     let mut raw = Vec::new();
     within(async {

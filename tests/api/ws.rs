@@ -290,20 +290,7 @@ async fn a_stalled_websocket_reader_is_resynced_with_whole_frames() {
     wait_until(|| app.hub.listeners(&task_id("wflood")) == 1).await;
     // About 8 MB of events, far more than the socket buffers hold; publishing must not
     // wait for this reader.
-    let padding = "x".repeat(2000);
-    within(async {
-        for n in 1..=4000u64 {
-            let body = json!({"processed": n, "detail": {"pad": padding}});
-            assert_eq!(app.progress("wflood", body).await.status(), 200);
-        }
-    })
-    .await;
-    let end: Value = app
-        .complete("wflood", json!({"n": 4000}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let end = app.flood_then_complete("wflood", 4000).await;
     // Every frame read afterwards parses (a frame cut by the overflow would not), in
     // order, up to the terminal event and a close 1000.
     let (events, code) = read_until_close(&mut stalled).await;
