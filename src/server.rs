@@ -11,6 +11,7 @@
 //! behind 10,000 streams.
 
 pub mod handoff;
+pub mod quick;
 
 use std::io;
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub struct ServeOptions {
     /// Where connections are served ([`ConnectionRuntimes`]); empty: on the runtime
     /// `serve` runs on.
     pub connection_runtimes: Vec<tokio::runtime::Handle>,
+    /// Requests answered before hyper ([`quick`]); `None`: hyper serves every request.
+    pub quick: Option<Arc<dyn quick::Quick>>,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains: handed-off
@@ -83,6 +86,8 @@ pub async fn serve(
             router: router.clone(),
             shutdown: shutdown.clone(),
             grace: options.grace,
+            header_timeout: options.header_timeout,
+            quick: options.quick.clone(),
             writers: options.fan_out.clone(),
             tracker: connections.clone(),
             // A handed-off stream keeps counting as an open connection: the socket is open.
@@ -117,6 +122,8 @@ struct Connection {
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
+    header_timeout: Duration,
+    quick: Option<Arc<dyn quick::Quick>>,
     writers: Option<tokio::runtime::Handle>,
     tracker: TaskTracker,
     open: OpenConnection,
@@ -131,12 +138,28 @@ impl Connection {
             router,
             shutdown,
             grace,
+            header_timeout,
+            quick,
             writers,
             tracker,
             open,
         } = self;
+        let (stream, read) = match quick {
+            Some(quick) => {
+                let rules = quick::Rules {
+                    header_timeout,
+                    grace,
+                    shutdown: &shutdown,
+                };
+                match quick::serve(stream, &*quick, rules).await {
+                    quick::Outcome::Done => return,
+                    quick::Outcome::Pass(stream, read) => (stream, read),
+                }
+            }
+            None => (stream, bytes::Bytes::new()),
+        };
         let handoff = Arc::new(handoff::Connection::default());
-        let socket = handoff::Socket::new(stream, handoff.clone());
+        let socket = handoff::Socket::new(stream, read, handoff.clone());
         // hyper's own `service_fn` is called by reference: unlike a tower service behind
         // `TowerToHyperService`, it is not cloned (with everything it holds) per request.
         let service = {
@@ -156,7 +179,10 @@ impl Connection {
                 .serve_connection(TokioIo::new(socket), service)
                 .with_upgrades();
             let mut connection = std::pin::pin!(connection);
+            // The connection first: hyper must read what the quick lane passed on before a
+            // shutdown reaches it, or it takes the connection for an idle one and closes it.
             tokio::select! {
+                biased;
                 result = connection.as_mut() => {
                     if let Err(error) = result {
                         tracing::debug!(%error, "connection ended with an error");

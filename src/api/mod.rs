@@ -30,6 +30,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 pub use auth::{Security, SecurityError};
 pub use error::ApiError;
 pub use limits::Limits;
+pub use poll::QuickPolls;
 
 use crate::config::Config;
 use crate::hub::Hub;

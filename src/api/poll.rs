@@ -1,6 +1,7 @@
 //! `GET /api/index-progress/{task_id}`: the original polling contract, with `ETag`/`304`
 //! and a long poll (`?since=&wait=`) for clients that cannot stream.
 
+use std::io::Write;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -12,7 +13,8 @@ use super::error::{json_response, ApiError};
 use super::extract::ApiQuery;
 use super::read_token::ReadableTask;
 use super::AppState;
-use crate::hub::Event;
+use crate::hub::{Event, TaskId};
+use crate::server::quick::{Answer, Quick};
 use crate::telemetry::Transport;
 
 /// The longest a long poll waits, whatever the client asks.
@@ -64,14 +66,13 @@ pub async fn poll(
 
 /// `200` with the snapshot, or `304` when the client's `If-None-Match` is current.
 pub fn respond(event: &Event, headers: &HeaderMap) -> Response {
-    let etag = format!("\"{}\"", event.seq());
-    let fresh = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == etag || tag == "*");
+    let fresh = is_fresh(
+        event.seq(),
+        headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -79,8 +80,66 @@ pub fn respond(event: &Event, headers: &HeaderMap) -> Response {
     };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(value) = HeaderValue::from_str(&etag) {
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{}\"", event.seq())) {
         headers.insert(header::ETAG, value);
     }
     response
+}
+
+/// Whether any `If-None-Match` value names the snapshot with this seq (`"seq"`, weak or
+/// not, or `*`).
+fn is_fresh<'a>(seq: u64, values: impl Iterator<Item = &'a [u8]>) -> bool {
+    let etag = format!("\"{seq}\"");
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == etag || tag == "*")
+}
+
+/// Plain polls (`GET /api/index-progress/{id}`, no query) answered on the quick lane
+/// ([`crate::server::quick`]) with the same status, headers and body as [`poll`]. Anything
+/// that needs more than a lookup goes to the router: protected reads, cross-origin
+/// requests (CORS headers), ids that are not valid as written, unknown tasks (errors).
+pub struct QuickPolls(pub AppState);
+
+impl Quick for QuickPolls {
+    fn answer(&self, path: &str, headers: &[httparse::Header<'_>], out: &mut Vec<u8>) -> Answer {
+        let Some(raw) = path.strip_prefix("/api/index-progress/") else {
+            return Answer::Pass;
+        };
+        let state = &self.0;
+        if state.security.read_key.is_some()
+            || headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("origin"))
+            || !TaskId::is_valid(raw)
+        {
+            return Answer::Pass;
+        }
+        let Some(event) = state.hub.get(raw) else {
+            return Answer::Pass;
+        };
+        let if_none_match = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("if-none-match"))
+            .map(|h| h.value);
+        let fresh = is_fresh(event.seq(), if_none_match);
+        let (status, content_type) = if fresh {
+            ("304 Not Modified", "")
+        } else {
+            ("200 OK", "content-type: application/json\r\n")
+        };
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status}\r\n{content_type}cache-control: no-store\r\netag: \"{}\"\r\n",
+            event.seq()
+        );
+        if fresh {
+            Answer::Empty
+        } else {
+            Answer::Body(event.json().clone())
+        }
+    }
 }

@@ -16,18 +16,22 @@ impl TaskId {
     pub const MAX_LEN: usize = 64;
 
     pub fn parse(s: &str) -> Result<TaskId, InvalidTaskId> {
-        let bytes = s.as_bytes();
-        let valid = !bytes.is_empty()
-            && bytes.len() <= Self::MAX_LEN
-            && bytes[0].is_ascii_alphanumeric()
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-');
-        if valid {
+        if Self::is_valid(s) {
             Ok(TaskId(Arc::from(s)))
         } else {
             Err(InvalidTaskId)
         }
+    }
+
+    /// Whether `s` is a valid task id, without making one.
+    pub fn is_valid(s: &str) -> bool {
+        let bytes = s.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= Self::MAX_LEN
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
     }
 
     /// A fresh UUID v4.

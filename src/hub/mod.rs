@@ -362,7 +362,11 @@ impl Hub {
     }
 
     /// The newest published change of a task.
-    pub fn get(&self, id: &TaskId) -> Option<Event> {
+    pub fn get<Id>(&self, id: &Id) -> Option<Event>
+    where
+        TaskId: std::borrow::Borrow<Id>,
+        Id: std::hash::Hash + Eq + ?Sized,
+    {
         Some(self.read_map().get(id)?.published())
     }
 

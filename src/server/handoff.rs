@@ -155,13 +155,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// and on drop after that hands the socket back instead of closing it.
 pub struct Socket {
     stream: Option<TcpStream>,
+    /// Bytes read from the socket before hyper got it ([`super::quick`]), read first.
+    read: Bytes,
     connection: Arc<Connection>,
 }
 
 impl Socket {
-    pub fn new(stream: TcpStream, connection: Arc<Connection>) -> Socket {
+    pub fn new(stream: TcpStream, read: Bytes, connection: Arc<Connection>) -> Socket {
         Socket {
             stream: Some(stream),
+            read,
             connection,
         }
     }
@@ -188,6 +191,15 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            if self.read.is_empty() {
+                // An empty slice still holds the buffer it was cut from.
+                self.read = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         self.stream()?.poll_read(cx, buf)
     }
 }
