@@ -240,6 +240,12 @@ pub struct Config {
     /// keep-alive connections are closed after --header-timeout-secs.
     #[arg(global = true, long, env = "PROGRESS_HUB_IDLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
+
+    /// Seconds an event stream (SSE or WebSocket) waits for its client to take any byte
+    /// while it has something to send; then the connection is closed. Bounds what a
+    /// client that stopped reading (or vanished) holds: its place, its buffers.
+    #[arg(global = true, long, env = "PROGRESS_HUB_SEND_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub send_timeout_secs: u64,
 }
 
 impl Config {
@@ -284,6 +290,7 @@ impl Config {
             max_stream_secs: 3_600,
             ws_max_message_bytes: 4 * 1024,
             idle_timeout_secs: 30,
+            send_timeout_secs: 60,
         }
     }
 
@@ -320,6 +327,10 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_secs)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -301,6 +301,8 @@ pub struct Direct<W> {
     stats: Arc<Stats>,
     /// Frames that may wait before the stream skips to the newest event.
     buffer: usize,
+    /// How long a full socket may take nothing before the stream gives up on its client.
+    send_timeout: Duration,
     /// Wakes the stream's task: something is queued, or the relay stopped writing.
     wake: Notify,
     state: Mutex<State>,
@@ -364,6 +366,7 @@ impl<W: Wire> Direct<W> {
             socket: OnceLock::new(),
             stats: state.hub.stats_handle(),
             buffer: (state.config.subscriber_buffer as usize).max(1),
+            send_timeout: state.config.send_timeout(),
             wake: Notify::new(),
             state: Mutex::new(State {
                 last_seq: 0,
@@ -450,7 +453,7 @@ impl<W: Wire> Direct<W> {
         // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
         let mut heads: Box<[Head; MAX_BATCH]> = Box::new([[0; 20]; MAX_BATCH]);
         let mut parts = frame_slices::<W>(frames, &mut heads, end);
-        handoff::write_all(self.socket(), &mut parts).await
+        handoff::write_all(self.socket(), &mut parts, self.send_timeout).await
     }
 
     /// Writes what is queued (and the end, once due) until nothing is left, then lets
@@ -482,7 +485,10 @@ impl<W: Wire> Direct<W> {
             };
             if let Some(partial) = partial {
                 let mut parts = [IoSlice::new(&partial)];
-                if handoff::write_all(self.socket(), &mut parts).await.is_err() {
+                if handoff::write_all(self.socket(), &mut parts, self.send_timeout)
+                    .await
+                    .is_err()
+                {
                     self.fail();
                     return Flushed::Failed;
                 }
@@ -530,7 +536,10 @@ impl<W: Wire> Direct<W> {
         let partial = partial.unwrap_or_default();
         let end: &[u8] = if ended { b"" } else { end };
         let mut parts = [IoSlice::new(&partial), IoSlice::new(end)];
-        if handoff::write_all(self.socket(), &mut parts).await.is_err() {
+        if handoff::write_all(self.socket(), &mut parts, self.send_timeout)
+            .await
+            .is_err()
+        {
             self.fail();
         }
     }

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -114,7 +115,8 @@ pub trait FrameSource: Send + Sized + 'static {
     /// Writes the stream on a socket taken over from hyper (see [`Takeover`]): by
     /// default the same frames, one stream task pulling them.
     fn write(st: StreamState<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(write_stream(socket, frames(st)))
+        let send_timeout = st.send_timeout;
+        Box::pin(write_stream(socket, frames(st), send_timeout))
     }
 }
 
@@ -134,6 +136,8 @@ pub struct StreamState<S> {
     /// Counts the frames written through [`frames`].
     delivery: DeliverySampler,
     life: Life,
+    /// `--send-timeout-secs`, for a stream written on its own socket.
+    send_timeout: Duration,
 }
 
 impl<S: FrameSource> Takeover for StreamState<S> {
@@ -157,6 +161,7 @@ fn event_stream<S: FrameSource>(
         prelude: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
         delivery: DeliverySampler::new(state.metrics.clone(), transport),
         life: Life::new(state, place),
+        send_timeout: state.config.send_timeout(),
     };
     // The server may take the stream over from hyper once the headers are out.
     let (handoff, body) = Handoff::new(Box::new(st));

@@ -20,6 +20,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Response, StatusCode, Version};
@@ -38,17 +39,9 @@ pub trait Takeover: Send + 'static {
     /// The frames, for hyper to stream when the response stays with it.
     fn into_frames(self: Box<Self>) -> FrameStream;
 
-    /// Writes the rest of the body on the bare socket, as HTTP/1.1 chunks, until it
-    /// ends; then ends the body and closes the socket.
-    fn write(self: Box<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(write_stream(socket, self.into_frames()))
-    }
-}
-
-impl Takeover for FrameStream {
-    fn into_frames(self: Box<Self>) -> FrameStream {
-        *self
-    }
+    /// Writes the rest of the body on the bare socket (for an SSE stream: as HTTP/1.1
+    /// chunks, [`write_stream`]) until it ends; then ends the body and closes the socket.
+    fn write(self: Box<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// Rides in a streaming response's extensions; the response body holds the same frames
@@ -294,14 +287,14 @@ pub const MAX_BATCH: usize = 16;
 
 /// Writes a handed-off stream's frames as HTTP/1.1 chunks until it ends (terminal event,
 /// server shutdown) or the client goes away, then ends the body and closes the socket.
-pub async fn write_stream(mut socket: TcpStream, mut frames: FrameStream) {
+pub async fn write_stream(mut socket: TcpStream, mut frames: FrameStream, send_timeout: Duration) {
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let mut ended = false;
         tokio::select! {
             biased;
             () = next_batch(&mut frames, &mut batch, &mut ended) => {
-                if write_chunks(&socket, &batch, ended).await.is_err() || ended {
+                if write_chunks(&socket, &batch, ended, send_timeout).await.is_err() || ended {
                     let _ = socket.shutdown().await;
                     return;
                 }
@@ -392,22 +385,37 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Each frame as one chunk, then the last chunk if the stream `ended`, all in one
 /// `writev` when the socket takes it.
-pub async fn write_chunks(socket: &TcpStream, frames: &[Bytes], ended: bool) -> io::Result<()> {
+pub async fn write_chunks(
+    socket: &TcpStream,
+    frames: &[Bytes],
+    ended: bool,
+    send_timeout: Duration,
+) -> io::Result<()> {
     // Heap, not stack: whatever lives across an `await` here is part of every idle
     // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
     let mut lines: Box<SizeLines> = Box::new([[0; 20]; MAX_BATCH]);
     let mut parts = chunk_slices(frames.iter().map(|f| &f[..]), &mut lines, ended);
-    write_all(socket, &mut parts).await
+    write_all(socket, &mut parts, send_timeout).await
 }
 
 /// Writes every slice, waiting in the socket's writer slot whenever it is full.
-pub async fn write_all(socket: &TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+pub async fn write_all(
+    socket: &TcpStream,
+    mut parts: &mut [IoSlice<'_>],
+    send_timeout: Duration,
+) -> io::Result<()> {
     while !parts.is_empty() {
-        std::future::poll_fn(|cx| socket.poll_write_ready(cx)).await?;
         match socket.try_write_vectored(parts) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => IoSlice::advance_slices(&mut parts, written),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The socket is full: the client is not reading. Give it `send_timeout` to
+            // take anything at all (the timer starts only here, not per write).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let ready = std::future::poll_fn(|cx| socket.poll_write_ready(cx));
+                tokio::time::timeout(send_timeout, ready)
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            }
             Err(e) => return Err(e),
         }
     }

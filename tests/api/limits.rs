@@ -256,3 +256,59 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
         idle.elapsed()
     );
 }
+
+/// Clients that stop reading for good, each with a tiny receive buffer: a task's SSE
+/// stream, the all-tasks stream and a WebSocket. Once a socket has taken nothing for
+/// `--send-timeout-secs` the server gives up on it: the connection is closed and its
+/// subscriber place freed, while the task goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_stop_for_good_are_cut_off_after_the_send_timeout() {
+    const ALL_OPEN: &str = "progress_hub_connections{transport=\"all_events\"}";
+    let app = spawn_app_with(|c| {
+        c.send_timeout_secs = 1;
+        c.subscriber_buffer = 16;
+    })
+    .await;
+    app.create_task("stuck", 1_000_000).await;
+    let stalled = |request: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = within(socket.connect(app.addr)).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream
+    };
+    let mut streams = vec![
+        stalled("GET /api/index-progress/stuck/events HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        stalled("GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        stalled(
+            "GET /api/index-progress/stuck/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await,
+    ];
+    for series in [SSE_OPEN, ALL_OPEN, WS_OPEN] {
+        wait_for_metric(&app, series, |n| n == 1.0).await;
+    }
+    // About 8 MB to each, far more than the socket buffers hold.
+    app.progress("stuck", json!({"processed": 1})).await;
+    let padding = "x".repeat(2000);
+    within(async {
+        for n in 2..=4000 {
+            let body = json!({"processed": n, "detail": {"pad": padding}});
+            assert_eq!(app.progress("stuck", body).await.status(), 200);
+        }
+    })
+    .await;
+    for series in [SSE_OPEN, ALL_OPEN, WS_OPEN] {
+        wait_for_metric(&app, series, |n| n == 0.0).await;
+    }
+    assert_eq!(app.hub.listeners(&crate::helpers::task_id("stuck")), 0);
+    for stream in &mut streams {
+        // What the buffers held, then the end.
+        assert!(closed_by_server(stream).await, "still open");
+    }
+    // The task goes on for everyone else.
+    let answer = app.progress("stuck", json!({"processed": 4001})).await;
+    assert_eq!(answer.status(), 200);
+}

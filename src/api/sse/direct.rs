@@ -95,6 +95,8 @@ impl FrameSource for DirectSource {
             life,
             // Counts only what goes through hyper.
             delivery: _,
+            // The stream's `Direct` has its own.
+            send_timeout: _,
         } = st;
         let stream = Stream {
             direct: source.direct,
