@@ -10,9 +10,12 @@
 //!
 //! The lane answers only what it fully understands: an HTTP/1.1 `GET` without a body, a
 //! query or an upgrade, for a route that says yes. Anything else (a `POST`, an event
-//! stream, a malformed head, a request too large to buffer, a poll with `?since=`) ends
-//! the lane for that connection: what it has read is handed to hyper with the socket, and
-//! hyper serves the rest of the connection as it would have from the start.
+//! stream, a request too large to buffer, a poll with `?since=`) ends the lane for that
+//! connection: what it has read is handed to hyper with the socket, and hyper serves the
+//! rest of the connection as it would have from the start. A head that is not HTTP at all
+//! (unparseable, a bad `Content-Length`, more headers than hyper allows) is answered here,
+//! in the API's error format where hyper would send a bare status, and the connection
+//! closes.
 //!
 //! Connection rules follow hyper's as configured in [`super::serve`]: keep-alive, the
 //! head must arrive within the header timeout counted from the previous answer (or the
@@ -36,6 +39,11 @@ use tokio_util::sync::CancellationToken;
 const HEAD_ROOM: usize = 8 * 1024;
 /// Headers one request may carry in the lane; more go to hyper.
 const MAX_HEADERS: usize = 32;
+/// How long, and how much, a closing connection reads and drops ([`linger`]).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+/// hyper's limit on headers per request (its default, which the server keeps).
+const HYPER_MAX_HEADERS: usize = 100;
 /// Answers to pipelined requests are gathered up to this much before they are written.
 const OUT_BATCH: usize = 64 * 1024;
 
@@ -109,7 +117,7 @@ pub async fn serve(mut stream: TcpStream, quick: &dyn Quick, rules: Rules<'_>) -
             out.clear();
         }
         if close {
-            let _ = stream.shutdown().await;
+            linger(&mut stream).await;
             return Outcome::Done;
         }
         if pass || (input.len() >= HEAD_ROOM && answered == 0) {
@@ -169,8 +177,12 @@ fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
     let used = match request.parse(input) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Pass,
+        Err(httparse::Error::TooManyHeaders) => return too_many_headers(input, out),
+        Err(_) => return refuse(out, "400 Bad Request", "Malformed HTTP request"),
     };
+    if !content_length_valid(request.headers) {
+        return refuse(out, "400 Bad Request", "Invalid Content-Length");
+    }
     let (Some("GET"), Some(1), Some(path)) = (request.method, request.version, request.path) else {
         return Parsed::Pass;
     };
@@ -206,7 +218,14 @@ fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
         Answer::Empty => None,
         Answer::Body(body) => Some(body),
     };
-    if let Some(body) = &body {
+    finish(out, body.as_deref(), close);
+    Parsed::Answered { used, close }
+}
+
+/// The end of an answer's head (`content-length` when there is a body, `connection`,
+/// `date`), then its body.
+fn finish(out: &mut Vec<u8>, body: Option<&[u8]>, close: bool) {
+    if let Some(body) = body {
         // Writing to a `Vec` cannot fail.
         let _ = write!(out, "content-length: {}\r\n", body.len());
     }
@@ -217,9 +236,82 @@ fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
     DATE.with(|date| out.extend_from_slice(date.borrow_mut().now()));
     out.extend_from_slice(b"\r\n\r\n");
     if let Some(body) = body {
-        out.extend_from_slice(&body);
+        out.extend_from_slice(body);
     }
-    Parsed::Answered { used, close }
+}
+
+/// A request that is not valid HTTP/1.1: answered in the API's error format, where hyper
+/// would send a bare status, and the connection closed (nothing after it can be trusted
+/// to start where a request starts).
+fn refuse(out: &mut Vec<u8>, status: &str, message: &str) -> Parsed {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+    );
+    let body = serde_json::json!({ "error": message }).to_string();
+    finish(out, Some(body.as_bytes()), true);
+    Parsed::Answered {
+        used: 0,
+        close: true,
+    }
+}
+
+/// More headers than the lane parses: hyper's own limit (100) decides, in the API's
+/// error format when it is exceeded.
+fn too_many_headers(input: &[u8], out: &mut Vec<u8>) -> Parsed {
+    let mut headers = vec![httparse::EMPTY_HEADER; HYPER_MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(input) {
+        Err(httparse::Error::TooManyHeaders) => refuse(
+            out,
+            "431 Request Header Fields Too Large",
+            "Too many request headers",
+        ),
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        _ => Parsed::Pass,
+    }
+}
+
+/// Whether every `Content-Length` is a number and they all agree (a comma-separated
+/// list of equal numbers counts as that number), as hyper requires.
+fn content_length_valid(headers: &[httparse::Header<'_>]) -> bool {
+    let mut length = None;
+    for header in headers {
+        if !header.name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        for item in header.value.split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            let parsed = std::str::from_utf8(item)
+                .ok()
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<u64>().ok());
+            match (parsed, length) {
+                (None, _) => return false,
+                (Some(n), Some(seen)) if n != seen => return false,
+                (Some(n), _) => length = Some(n),
+            }
+        }
+    }
+    true
+}
+
+/// Ends the connection after its last answer: the write side first, then what the client
+/// still sends is read and dropped for a moment. Closing a socket with unread bytes
+/// sends a reset, which can make the client lose the answer (a refused request's
+/// unread body, say).
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Writes `bytes`; once the server is stopping, gives up after the grace period (the
@@ -348,8 +440,7 @@ mod tests {
             b"GET /yes HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /yes HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             b"GET /yes HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            b"GET /yes HTTP/1.1\r\nBad Header\r\n\r\n",
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"POST /yes HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n{}",
         ] {
             let (out, parsed) = run(request);
             assert_eq!(parsed, None, "{}", String::from_utf8_lossy(request));
@@ -359,6 +450,68 @@ mod tests {
             .map(|n| format!("X-{n}: y\r\n"))
             .collect();
         let (_, parsed) = run(format!("GET /yes HTTP/1.1\r\n{many}\r\n").as_bytes());
-        assert_eq!(parsed, None, "too many headers for the lane");
+        assert_eq!(parsed, None, "too many headers for the lane, not for hyper");
+    }
+
+    #[test]
+    fn what_is_not_http_is_refused_in_json_and_closes() {
+        let too_many: String = (0..HYPER_MAX_HEADERS + 1)
+            .map(|n| format!("X-{n}: y\r\n"))
+            .collect();
+        let too_many = format!("GET /yes HTTP/1.1\r\n{too_many}\r\n");
+        let (bad, length, large) = (
+            "400 Bad Request",
+            "Invalid Content-Length",
+            "431 Request Header Fields Too Large",
+        );
+        let malformed = "Malformed HTTP request";
+        for (request, status, message) in [
+            (&b"GARBAGE\r\n\r\n"[..], bad, malformed),
+            (b"GET /yes HTTP/1.1\r\nBad Header\r\n\r\n", bad, malformed),
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                bad,
+                malformed,
+            ),
+            (
+                b"POST /yes HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+                bad,
+                length,
+            ),
+            (
+                b"POST /yes HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+                bad,
+                length,
+            ),
+            (
+                b"POST /yes HTTP/1.1\r\nContent-Length: 2, 3\r\n\r\n{}",
+                bad,
+                length,
+            ),
+            (
+                b"GET /yes HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                bad,
+                length,
+            ),
+            (too_many.as_bytes(), large, "Too many request headers"),
+        ] {
+            let (out, parsed) = run(request);
+            let label = String::from_utf8_lossy(request);
+            assert_eq!(parsed, Some((0, true)), "{label}");
+            let text = String::from_utf8(out).unwrap();
+            let head = format!("earlierHTTP/1.1 {status}\r\ncontent-type: application/json\r\n");
+            assert!(text.starts_with(&head), "{label}: {text}");
+            assert!(
+                text.contains("\r\nconnection: close\r\n"),
+                "{label}: {text}"
+            );
+            let body = text.split("\r\n\r\n").nth(1).unwrap();
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(json["error"], message, "{label}");
+            assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
+        }
+        // A head with too many headers that is not complete yet: read on.
+        let cut = &too_many.as_bytes()[..too_many.len() - 10];
+        assert_eq!(run(cut).1, Some((0, false)));
     }
 }

@@ -189,7 +189,8 @@ async fn what_the_lane_does_not_answer_gets_the_routers_answer() {
     let old = read_to_close(&mut stream).await.expect("an answer");
     assert_eq!(old.status, 200);
     assert_eq!(old.json().unwrap()["task_id"], "routed");
-    // A malformed head gets hyper's 400.
+    // A malformed head gets a JSON 400 and the end of the connection; hyper, once it has
+    // a connection, answers one with a bare 400.
     let mut stream = connect(app.addr).await;
     stream
         .write_all(b"GET /api/index-progress/routed HTTP/1.1\r\nBad Header\r\n\r\n")
@@ -197,6 +198,16 @@ async fn what_the_lane_does_not_answer_gets_the_routers_answer() {
         .unwrap();
     let malformed = read_to_close(&mut stream).await.expect("an answer");
     assert_eq!(malformed.status, 400);
+    assert_eq!(malformed.json().unwrap()["error"], "Malformed HTTP request");
+    let mut stream = connect(app.addr).await;
+    assert_eq!(get(&mut stream, "/healthz", "").await.status, 200);
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+        .await
+        .unwrap();
+    let bare = read_to_close(&mut stream).await.expect("an answer");
+    assert_eq!(bare.status, 400);
+    assert!(bare.json().is_none());
 }
 
 #[tokio::test]
