@@ -8,7 +8,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{spawn_app, spawn_app_with, within};
-use crate::raw::{closed_by_server, connect, parse_response, read_one, read_to_close, RawResponse};
+use crate::raw::{
+    closed_by_server, connect, parse_response, read_one, read_to_close, send, RawResponse,
+};
 
 /// The headers that must match between two answers: all but `date`.
 fn comparable(response: &RawResponse) -> Vec<(String, String)> {
@@ -135,12 +137,8 @@ async fn a_request_that_arrives_in_pieces_is_answered() {
 async fn connection_close_and_half_close_are_honoured() {
     let app = spawn_app().await;
     app.create_task("bye", 4).await;
-    let mut stream = connect(app.addr).await;
-    stream
-        .write_all(b"GET /api/index-progress/bye HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_to_close(&mut stream)
+    let close = b"GET /api/index-progress/bye HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let answer = send(app.addr, close)
         .await
         .expect("an answer, then the close");
     assert_eq!(answer.status, 200);
@@ -181,22 +179,14 @@ async fn what_the_lane_does_not_answer_gets_the_routers_answer() {
     assert_eq!(big.status, 200);
     assert_eq!(big.json().unwrap()["task_id"], "routed");
     // HTTP/1.0 is hyper's too, with its own keep-alive rules.
-    let mut stream = connect(app.addr).await;
-    stream
-        .write_all(b"GET /api/index-progress/routed HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    let old = read_to_close(&mut stream).await.expect("an answer");
+    let old = send(app.addr, b"GET /api/index-progress/routed HTTP/1.0\r\n\r\n").await;
+    let old = old.expect("an answer");
     assert_eq!(old.status, 200);
     assert_eq!(old.json().unwrap()["task_id"], "routed");
     // A malformed head gets a JSON 400 and the end of the connection; hyper, once it has
     // a connection, answers one with a bare 400.
-    let mut stream = connect(app.addr).await;
-    stream
-        .write_all(b"GET /api/index-progress/routed HTTP/1.1\r\nBad Header\r\n\r\n")
-        .await
-        .unwrap();
-    let malformed = read_to_close(&mut stream).await.expect("an answer");
+    let malformed = send(app.addr, b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n").await;
+    let malformed = malformed.expect("an answer");
     assert_eq!(malformed.status, 400);
     assert_eq!(malformed.json().unwrap()["error"], "Malformed HTTP request");
     let mut stream = connect(app.addr).await;
