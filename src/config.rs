@@ -241,9 +241,10 @@ pub struct Config {
     #[arg(global = true, long, env = "PROGRESS_HUB_IDLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
 
-    /// Seconds an event stream (SSE or WebSocket) waits for its client to take any byte
-    /// while it has something to send; then the connection is closed. Bounds what a
-    /// client that stopped reading (or vanished) holds: its place, its buffers.
+    /// Seconds the server waits for a client to take any byte while it has something to
+    /// send (an answer, an event stream's frames); then the connection is closed. Bounds
+    /// what a client that stopped reading (or vanished) holds: its connection, its
+    /// subscriber place, its buffers.
     #[arg(global = true, long, env = "PROGRESS_HUB_SEND_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub send_timeout_secs: u64,
 }

@@ -163,6 +163,7 @@ impl Application {
             open_connections: state.metrics.http_connections.clone(),
             fan_out: state.hub.fan_out().cloned(),
             connection_runtimes: connection_runtimes.handles(),
+            send_timeout: state.config.send_timeout(),
             quick: Some(Arc::new(api::QuickPolls(state.clone()))),
         };
         server::serve(self.listener, router, shutdown.token().clone(), options).await;

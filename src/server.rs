@@ -40,6 +40,9 @@ pub struct ServeOptions {
     /// Where connections are served ([`ConnectionRuntimes`]); empty: on the runtime
     /// `serve` runs on.
     pub connection_runtimes: Vec<tokio::runtime::Handle>,
+    /// How long a write may wait for a client to take anything before the connection is
+    /// closed (`--send-timeout-secs`).
+    pub send_timeout: Duration,
     /// Requests answered before hyper ([`quick`]); `None`: hyper serves every request.
     pub quick: Option<Arc<dyn quick::Quick>>,
 }
@@ -87,6 +90,7 @@ pub async fn serve(
             shutdown: shutdown.clone(),
             grace: options.grace,
             header_timeout: options.header_timeout,
+            send_timeout: options.send_timeout,
             quick: options.quick.clone(),
             writers: options.fan_out.clone(),
             tracker: connections.clone(),
@@ -123,6 +127,7 @@ struct Connection {
     shutdown: CancellationToken,
     grace: Duration,
     header_timeout: Duration,
+    send_timeout: Duration,
     quick: Option<Arc<dyn quick::Quick>>,
     writers: Option<tokio::runtime::Handle>,
     tracker: TaskTracker,
@@ -139,6 +144,7 @@ impl Connection {
             shutdown,
             grace,
             header_timeout,
+            send_timeout,
             quick,
             writers,
             tracker,
@@ -148,6 +154,7 @@ impl Connection {
             Some(quick) => {
                 let rules = quick::Rules {
                     header_timeout,
+                    send_timeout,
                     grace,
                     shutdown: &shutdown,
                 };
@@ -159,7 +166,7 @@ impl Connection {
             None => (stream, bytes::Bytes::new()),
         };
         let handoff = Arc::new(handoff::Connection::default());
-        let socket = handoff::Socket::new(stream, read, handoff.clone());
+        let socket = handoff::Socket::new(stream, read, handoff.clone(), send_timeout);
         // hyper's own `service_fn` is called by reference: unlike a tower service behind
         // `TowerToHyperService`, it is not cloned (with everything it holds) per request.
         let service = {

@@ -29,6 +29,7 @@ use futures_util::stream::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
 /// Ready-to-send frames of one stream, ending when the stream should end.
@@ -151,15 +152,44 @@ pub struct Socket {
     /// Bytes read from the socket before hyper got it ([`super::quick`]), read first.
     read: Bytes,
     connection: Arc<Connection>,
+    /// How long a write may wait for the client to take anything (hyper has no write
+    /// timeout of its own).
+    send_timeout: Duration,
+    /// Armed while a write waits for the socket.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl Socket {
-    pub fn new(stream: TcpStream, read: Bytes, connection: Arc<Connection>) -> Socket {
+    pub fn new(
+        stream: TcpStream,
+        read: Bytes,
+        connection: Arc<Connection>,
+        send_timeout: Duration,
+    ) -> Socket {
         Socket {
             stream: Some(stream),
             read,
             connection,
+            send_timeout,
+            stalled: None,
         }
+    }
+
+    /// A write that waits longer than the send timeout for the socket fails.
+    fn bound<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.send_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
     }
 
     fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
@@ -203,7 +233,8 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.stream()?.poll_write(cx, buf)
+        let written = self.stream()?.poll_write(cx, buf);
+        self.bound(cx, written)
     }
 
     fn poll_write_vectored(
@@ -211,7 +242,8 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.stream()?.poll_write_vectored(cx, bufs)
+        let written = self.stream()?.poll_write_vectored(cx, bufs);
+        self.bound(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

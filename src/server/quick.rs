@@ -77,6 +77,8 @@ pub enum Outcome {
 /// Connection rules for the lane, the same as hyper's.
 pub struct Rules<'a> {
     pub header_timeout: Duration,
+    /// How long an answer may wait for the client to take anything.
+    pub send_timeout: Duration,
     pub grace: Duration,
     pub shutdown: &'a CancellationToken,
 }
@@ -314,8 +316,9 @@ async fn linger(stream: &mut TcpStream) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// Writes `bytes`; once the server is stopping, gives up after the grace period (the
-/// client is not reading).
+/// Writes `bytes` (at most one batch of answers). A client that does not take them
+/// within the send timeout is given up on; once the server is stopping, within the grace
+/// period.
 async fn write_all(stream: &mut TcpStream, bytes: &[u8], rules: &Rules<'_>) -> io::Result<()> {
     // The usual case: the socket takes it all at once.
     let written = match stream.try_write(bytes) {
@@ -326,13 +329,17 @@ async fn write_all(stream: &mut TcpStream, bytes: &[u8], rules: &Rules<'_>) -> i
     };
     let rest = &bytes[written..];
     let mut write = pin!(stream.write_all(rest));
+    let timed_out = |_| Err(io::ErrorKind::TimedOut.into());
     tokio::select! {
         biased;
-        done = write.as_mut() => done,
-        _ = rules.shutdown.cancelled() => tokio::time::timeout(rules.grace, write)
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        done = tokio::time::timeout(rules.send_timeout, write.as_mut()) => {
+            return done.unwrap_or_else(timed_out);
+        }
+        _ = rules.shutdown.cancelled() => {}
     }
+    tokio::time::timeout(rules.grace, write)
+        .await
+        .unwrap_or_else(timed_out)
 }
 
 thread_local! {

@@ -278,3 +278,39 @@ async fn a_stopping_server_closes_idle_polling_connections_at_once() {
         started.elapsed()
     );
 }
+
+/// Clients that send requests without ever reading the answers, behind a 4 KiB receive
+/// buffer: one whose polls the quick lane answers, one whose requests hyper answers.
+/// Once a write has waited `--send-timeout-secs` the server gives up: the client, reading
+/// at last, finds far fewer answers than it asked for, then the end of the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_their_answers_are_cut_off_after_the_send_timeout() {
+    const REQUESTS: usize = 20_000;
+    let app = spawn_app_with(|c| c.send_timeout_secs = 1).await;
+    app.create_task("unread", 4).await;
+    for path in ["/api/index-progress/unread", "/api/tasks/unread"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = within(socket.connect(app.addr)).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").repeat(REQUESTS);
+        // Writing may block once the server stops reading (it waits on its own writes).
+        let (mut reader, mut writer) = stream.into_split();
+        let sending = tokio::spawn(async move {
+            let _ = writer.write_all(request.as_bytes()).await;
+            writer
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut raw = Vec::new();
+        // Bounded by the test timeout: the server must end the connection.
+        let _ = within(reader.read_to_end(&mut raw)).await;
+        let answers = raw.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+        assert!(answers > 0, "{path}: nothing answered");
+        assert!(
+            answers < REQUESTS,
+            "{path}: all {answers} answered, never cut off"
+        );
+        sending.abort();
+    }
+    // The server goes on.
+    assert_eq!(app.get("/api/index-progress/unread").await.status(), 200);
+}
