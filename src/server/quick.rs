@@ -119,7 +119,7 @@ pub async fn serve(mut stream: TcpStream, quick: &dyn Quick, rules: Rules<'_>) -
             out.clear();
         }
         if close {
-            linger(&mut stream).await;
+            linger(&mut stream, &mut input).await;
             return Outcome::Done;
         }
         if pass || (input.len() >= HEAD_ROOM && answered == 0) {
@@ -301,13 +301,16 @@ fn content_length_valid(headers: &[httparse::Header<'_>]) -> bool {
 /// still sends is read and dropped for a moment. Closing a socket with unread bytes
 /// sends a reset, which can make the client lose the answer (a refused request's
 /// unread body, say).
-async fn linger(stream: &mut TcpStream) {
+async fn linger(stream: &mut TcpStream, scratch: &mut BytesMut) {
     let _ = stream.shutdown().await;
-    let mut scratch = [0u8; 4096];
     let drain = async {
         let mut left = LINGER_BYTES;
         while left > 0 {
-            match stream.read(&mut scratch).await {
+            // The connection's own buffer: an array here would grow every connection's
+            // task, which is sized for its largest state.
+            scratch.clear();
+            scratch.reserve(2048);
+            match stream.read_buf(scratch).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
             }
@@ -372,7 +375,7 @@ mod tests {
     use super::*;
 
     /// Answers `GET /yes` with a body and `GET /empty` without one.
-    struct Routes;
+    pub(super) struct Routes;
 
     impl Quick for Routes {
         fn answer(&self, path: &str, _: &[httparse::Header<'_>], out: &mut Vec<u8>) -> Answer {
@@ -520,5 +523,31 @@ mod tests {
         // A head with too many headers that is not complete yet: read on.
         let cut = &too_many.as_bytes()[..too_many.len() - 10];
         assert_eq!(run(cut).1, Some((0, false)));
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// Every connection's task is sized for the lane's largest state, and memory freed
+    /// after many connections at once stays with the process: a 4 KiB array held across an
+    /// `await` here cost idle SSE subscribers about 280 B of RSS each.
+    #[tokio::test]
+    async fn the_lanes_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let rules = Rules {
+            header_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
+            grace: Duration::from_secs(1),
+            shutdown: &shutdown,
+        };
+        let lane = serve(stream, &tests::Routes, rules);
+        let size = std::mem::size_of_val(&lane);
+        assert!(size <= 1024, "the lane's future takes {size} B");
     }
 }
