@@ -88,13 +88,22 @@ pub fn respond(event: &Event, headers: &HeaderMap) -> Response {
 
 /// Whether any `If-None-Match` value names the snapshot with this seq (`"seq"`, weak or
 /// not, or `*`).
+/// Runs on every poll, so without building the tag: `"seq"` exactly as the `ETag` writes
+/// it (decimal, no sign, no leading zero).
 fn is_fresh<'a>(seq: u64, values: impl Iterator<Item = &'a [u8]>) -> bool {
-    let etag = format!("\"{seq}\"");
+    let names_seq = |tag: &str| {
+        let Some(digits) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+            return false;
+        };
+        let canonical = digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        canonical && digits.parse() == Ok(seq)
+    };
     values
         .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == etag || tag == "*")
+        .any(|tag| tag == "*" || names_seq(tag))
 }
 
 /// Plain polls (`GET /api/index-progress/{id}`, no query) answered on the quick lane
@@ -141,5 +150,31 @@ impl Quick for QuickPolls {
         } else {
             Answer::Body(event.json().clone())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_fresh;
+
+    fn fresh(seq: u64, values: &[&str]) -> bool {
+        is_fresh(seq, values.iter().map(|v| v.as_bytes()))
+    }
+
+    #[test]
+    fn if_none_match_names_the_seq_exactly() {
+        assert!(fresh(3, &["\"3\""]));
+        assert!(fresh(3, &["W/\"3\""]));
+        assert!(fresh(3, &["\"1\", \"3\""]));
+        assert!(fresh(3, &["\"9\"", " W/\"3\" "]));
+        assert!(fresh(3, &["*"]));
+        assert!(fresh(0, &["\"0\""]));
+        assert!(fresh(u64::MAX, &[&format!("\"{}\"", u64::MAX)]));
+        for other in [
+            "\"4\"", "\"03\"", "\"+3\"", "3", "\"3", "\"\"", "\"3 \"", "", "W/3",
+        ] {
+            assert!(!fresh(3, &[other]), "{other:?}");
+        }
+        assert!(!fresh(3, &[]));
     }
 }
