@@ -113,7 +113,7 @@ pub async fn serve(mut stream: TcpStream, quick: &dyn Quick, rules: Rules<'_>) -
             }
         }
         if !out.is_empty() {
-            if write_all(&mut stream, &out, &rules).await.is_err() {
+            if write_all(&stream, &out, &rules).await.is_err() {
                 return Outcome::Done;
             }
             out.clear();
@@ -319,30 +319,24 @@ async fn linger(stream: &mut TcpStream, scratch: &mut BytesMut) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// Writes `bytes` (at most one batch of answers). A client that does not take them
-/// within the send timeout is given up on; once the server is stopping, within the grace
-/// period.
-async fn write_all(stream: &mut TcpStream, bytes: &[u8], rules: &Rules<'_>) -> io::Result<()> {
-    // The usual case: the socket takes it all at once.
-    let written = match stream.try_write(bytes) {
-        Ok(n) if n == bytes.len() => return Ok(()),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(e),
-    };
-    let rest = &bytes[written..];
-    let mut write = pin!(stream.write_all(rest));
-    let timed_out = |_| Err(io::ErrorKind::TimedOut.into());
+/// Writes `bytes` (at most one batch of answers) as event streams write
+/// ([`super::handoff::write_all`]: a client that takes nothing for the send timeout is
+/// given up on); once the server is stopping, within the grace period.
+async fn write_all(stream: &TcpStream, bytes: &[u8], rules: &Rules<'_>) -> io::Result<()> {
+    let mut parts = [io::IoSlice::new(bytes)];
+    let mut write = pin!(super::handoff::write_all(
+        stream,
+        &mut parts,
+        rules.send_timeout
+    ));
     tokio::select! {
         biased;
-        done = tokio::time::timeout(rules.send_timeout, write.as_mut()) => {
-            return done.unwrap_or_else(timed_out);
-        }
+        done = write.as_mut() => return done,
         _ = rules.shutdown.cancelled() => {}
     }
     tokio::time::timeout(rules.grace, write)
         .await
-        .unwrap_or_else(timed_out)
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 thread_local! {
