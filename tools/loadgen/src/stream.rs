@@ -6,6 +6,10 @@
 //! server it measures, so this only scans bytes: no allocation per event, a partial line is
 //! the only thing kept between reads.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 /// What one event told us.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Seen {
@@ -17,33 +21,42 @@ pub enum Seen {
     Other,
 }
 
-/// Looks at one event's payload (an SSE `data` line or a WebSocket text frame). One pass
-/// over the quotes up to the first key that decides: progress-hub's `"event":"completed"`
-/// comes before `detail`, and the final Nchan body starts with `"final":true`, so the
-/// padding after `"t":` is never scanned.
+/// Looks at one event's payload (an SSE `data` line or a WebSocket text frame): finds
+/// `"t":` with a vectorised search, and calls the event final if what comes before it (or
+/// the whole payload, when it has no time) marks it so. progress-hub's
+/// `"event":"completed"` comes before `detail`, and the final Nchan body starts with
+/// `"final":true`, so the padding after `"t":` is never scanned. Quotes inside JSON
+/// strings are escaped, so neither key can match inside a value.
 pub fn classify(data: &[u8]) -> Seen {
-    let mut from = 0;
-    while let Some(pos) = data[from..].iter().position(|&b| b == b'"') {
-        let rest = &data[from + pos..];
-        if let Some(digits) = rest.strip_prefix(br#""t":"#) {
-            let mut value: u64 = 0;
-            let mut any = false;
-            for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
-                value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
-                any = true;
-            }
-            return if any { Seen::Timed(value) } else { Seen::Other };
-        }
-        if rest.starts_with(br#""event":"completed""#) || rest.starts_with(br#""final":true"#) {
-            return Seen::Final;
-        }
-        from += pos + 1;
+    static TIME: LazyLock<Finder> = LazyLock::new(|| Finder::new(br#""t":"#));
+    static COMPLETED: LazyLock<Finder> = LazyLock::new(|| Finder::new(br#""event":"completed""#));
+    static FINAL: LazyLock<Finder> = LazyLock::new(|| Finder::new(br#""final":true"#));
+    let finals = |bytes: &[u8]| COMPLETED.find(bytes).is_some() || FINAL.find(bytes).is_some();
+    let Some(at) = TIME.find(data) else {
+        return if finals(data) {
+            Seen::Final
+        } else {
+            Seen::Other
+        };
+    };
+    if finals(&data[..at]) {
+        return Seen::Final;
     }
-    Seen::Other
+    let mut value: u64 = 0;
+    let mut any = false;
+    for &b in data[at + 4..].iter().take_while(|b| b.is_ascii_digit()) {
+        value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        any = true;
+    }
+    if any {
+        Seen::Timed(value)
+    } else {
+        Seen::Other
+    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 /// Where the chunked-encoding decoder is.
@@ -127,7 +140,7 @@ impl SseBody {
     }
 
     fn lines(&mut self, mut bytes: &[u8], on_data: &mut impl FnMut(&[u8])) {
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', bytes) {
             if self.partial.is_empty() {
                 data_line(&bytes[..end], on_data);
             } else {
