@@ -163,6 +163,95 @@ fn data_line(line: &[u8], on_data: &mut impl FnMut(&[u8])) {
     }
 }
 
+/// One WebSocket frame from the server, as [`WsFrames`] hands it on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A whole text or binary message (fragments joined).
+    Data(&'a [u8]),
+    Ping(&'a [u8]),
+    Close,
+}
+
+/// Turns raw bytes from a WebSocket server into frames, split anywhere across reads.
+/// Server frames are never masked (RFC 6455, 5.1), so a payload is handed on as it lies
+/// in the read buffer; only a frame cut by a read, or a fragmented message, is copied.
+#[derive(Default)]
+pub struct WsFrames {
+    /// The start of a frame whose rest has not arrived yet.
+    partial: Vec<u8>,
+    /// The fragments so far of a message sent in several frames.
+    message: Vec<u8>,
+}
+
+impl WsFrames {
+    /// Feeds raw bytes; calls `on_frame` with every complete frame.
+    pub fn feed(&mut self, raw: &[u8], on_frame: &mut impl FnMut(Frame<'_>)) {
+        if self.partial.is_empty() {
+            let used = frames(raw, &mut self.message, on_frame);
+            self.partial.extend_from_slice(&raw[used..]);
+        } else {
+            self.partial.extend_from_slice(raw);
+            let buffered = std::mem::take(&mut self.partial);
+            let used = frames(&buffered, &mut self.message, on_frame);
+            self.partial = buffered;
+            self.partial.drain(..used);
+        }
+    }
+}
+
+/// Hands on every complete frame at the start of `bytes`; returns the bytes used.
+fn frames(bytes: &[u8], message: &mut Vec<u8>, on_frame: &mut impl FnMut(Frame<'_>)) -> usize {
+    let mut at = 0;
+    while let Some((head, len)) = frame_head(&bytes[at..]) {
+        let Some(payload) = bytes.get(at + head..at + head + len) else {
+            break;
+        };
+        let (fin, opcode) = (bytes[at] & 0x80 != 0, bytes[at] & 0x0f);
+        match opcode {
+            0x1 | 0x2 if fin && message.is_empty() => on_frame(Frame::Data(payload)),
+            0x0..=0x2 => {
+                message.extend_from_slice(payload);
+                if fin {
+                    on_frame(Frame::Data(message));
+                    message.clear();
+                }
+            }
+            0x8 => on_frame(Frame::Close),
+            0x9 => on_frame(Frame::Ping(payload)),
+            _ => {} // pongs and reserved opcodes
+        }
+        at += head + len;
+    }
+    at
+}
+
+/// The length of a frame's head and of its payload, once the head has arrived.
+fn frame_head(bytes: &[u8]) -> Option<(usize, usize)> {
+    let second = *bytes.get(1)?;
+    let (len, head) = match second & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
+        127 => (
+            usize::try_from(u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)).ok()?,
+            10,
+        ),
+        n => (usize::from(n), 2),
+    };
+    // A masked frame (which a server must not send) keeps its key after the length.
+    let head = head + if second & 0x80 != 0 { 4 } else { 0 };
+    (bytes.len() >= head).then_some((head, len))
+}
+
+/// The client's answer to a ping: a pong with the same payload, masked as client frames
+/// must be (with a zero key, which leaves the payload as it is).
+pub fn pong(payload: &[u8], out: &mut Vec<u8>) {
+    let len = payload.len().min(125);
+    out.extend_from_slice(&[0x8a, 0x80 | len as u8, 0, 0, 0, 0]);
+    out.extend_from_slice(&payload[..len]);
+}
+
 /// The parts of an HTTP/1.1 response head this tool needs.
 #[derive(Debug)]
 pub struct Head {
@@ -251,6 +340,74 @@ mod tests {
             ],
         );
         assert_eq!(seen, vec![Seen::Final, Seen::Timed(8), Seen::Other]);
+    }
+
+    fn ws_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![first];
+        match payload.len() {
+            n if n < 126 => frame.push(n as u8),
+            n if n <= 0xffff => {
+                frame.push(126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn websocket_frames_split_anywhere_are_decoded() {
+        let long = vec![b'y'; 300];
+        let huge = vec![b'z'; 70_000];
+        let mut wire = ws_frame(0x81, br#"{"detail":{"t":5}}"#);
+        wire.extend(ws_frame(0x89, b"hi"));
+        wire.extend(ws_frame(0x01, br#"{"detail":"#)); // a message in three fragments
+        wire.extend(ws_frame(0x00, br#"{"t":6}"#));
+        wire.extend(ws_frame(0x80, b"}"));
+        wire.extend(ws_frame(0x81, &long));
+        wire.extend(ws_frame(0x82, &huge));
+        wire.extend(ws_frame(0x88, &[0x03, 0xe8]));
+        let want = |seen: &[String]| {
+            assert_eq!(
+                seen,
+                [
+                    r#"data {"detail":{"t":5}}"#.to_string(),
+                    "ping hi".to_string(),
+                    r#"data {"detail":{"t":6}}"#.to_string(),
+                    format!("data {}", "y".repeat(300)),
+                    "data 70000 bytes".to_string(),
+                    "close".to_string(),
+                ]
+            )
+        };
+        // Every cut among the small frames, and some inside the large ones.
+        for split in (1..400).chain((400..wire.len()).step_by(997)) {
+            let mut frames = WsFrames::default();
+            let mut seen = Vec::new();
+            for part in [&wire[..split], &wire[split..]] {
+                frames.feed(part, &mut |frame| {
+                    seen.push(match frame {
+                        Frame::Data(d) if d.len() > 1000 => format!("data {} bytes", d.len()),
+                        Frame::Data(d) => format!("data {}", String::from_utf8_lossy(d)),
+                        Frame::Ping(p) => format!("ping {}", String::from_utf8_lossy(p)),
+                        Frame::Close => "close".to_string(),
+                    })
+                });
+            }
+            want(&seen);
+            assert!(frames.partial.is_empty() && frames.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn pong_is_a_masked_copy_of_the_ping() {
+        let mut out = Vec::new();
+        pong(b"abc", &mut out);
+        assert_eq!(out, [0x8a, 0x83, 0, 0, 0, 0, b'a', b'b', b'c']);
     }
 
     #[test]

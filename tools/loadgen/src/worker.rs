@@ -15,17 +15,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::LocalSet;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::measure::{self, now_ns};
-use crate::stream::{classify, parse_head, Seen, SseBody};
+use crate::stream::{classify, parse_head, pong, Frame, Seen, SseBody, WsFrames};
 
 /// Connection attempts in flight per worker: more only overflows the server's SYN queue.
 const CONNECTS_IN_FLIGHT: usize = 256;
@@ -189,11 +186,7 @@ async fn subscriber(
             Err(_) => return tally.bump(&tally.failed),
         }
     };
-    if plan.ws {
-        websocket(tally, stream, plan, permit, &mut resume).await
-    } else {
-        sse(tally, stream, plan, permit, &mut resume).await
-    }
+    events(tally, stream, plan, permit, &mut resume).await
 }
 
 async fn connect(
@@ -214,19 +207,33 @@ async fn connect(
     Ok(stream)
 }
 
-/// An HTTP/1.1 GET whose response body is read as SSE. Counts as connected once the
-/// `200` head has arrived.
-async fn sse(
+/// An HTTP/1.1 GET for the event stream: a plain one read as SSE, or a WebSocket
+/// upgrade read as frames. Counts as connected once the `200` (or `101`) head has
+/// arrived. Both readers only scan bytes (see [`crate::stream`]), so the tool's cost per
+/// event is the same whichever transport it measures.
+async fn events(
     tally: &Tally,
     mut stream: TcpStream,
     plan: &WorkerPlan,
     permit: Permit<'_>,
     resume: &mut watch::Receiver<bool>,
 ) {
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        plan.path, plan.server
-    );
+    let (request, expected) = if plan.ws {
+        // The key is fixed: the server only hashes it into its answer, which this tool
+        // does not check (the `101` is enough).
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            plan.path, plan.server
+        );
+        (request, 101)
+    } else {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            plan.path, plan.server
+        );
+        (request, 200)
+    };
     let mut head = Vec::with_capacity(1024);
     let connected = async {
         stream.write_all(request.as_bytes()).await.map_err(drop)?;
@@ -243,72 +250,73 @@ async fn sse(
         }
     };
     let parsed = match tokio::time::timeout(Duration::from_secs(10), connected).await {
-        Ok(Ok(parsed)) if parsed.status == 200 => parsed,
+        Ok(Ok(parsed)) if parsed.status == expected => parsed,
         _ => {
             return tally.bump(&tally.failed);
         }
     };
     tally.bump(&tally.connected);
     drop(permit);
-    let mut body = SseBody::new(parsed.chunked);
-    let mut done = false;
-    let now = now_ns();
-    body.feed(&head[parsed.len..], &mut |d| {
-        done |= tally.seen(classify(d), now)
-    });
+    let mut body = if plan.ws {
+        Body::Ws(WsFrames::default(), Vec::new())
+    } else {
+        Body::Sse(SseBody::new(parsed.chunked))
+    };
+    let mut done = body.feed(tally, &head[parsed.len..], now_ns());
     drop(head);
     if plan.stall {
         let _ = resume.wait_for(|go| *go).await;
     }
     while !done && !body.ended() {
-        if stream.readable().await.is_err() {
+        if body.answer(&mut stream).await.is_err() || stream.readable().await.is_err() {
             break;
         }
         let mut scratch = tally.scratch.borrow_mut();
         match stream.try_read(&mut scratch) {
             Ok(0) => break,
-            Ok(n) => {
-                let now = now_ns();
-                body.feed(&scratch[..n], &mut |d| done |= tally.seen(classify(d), now));
-            }
+            Ok(n) => done = body.feed(tally, &scratch[..n], now_ns()),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(_) => break,
         }
     }
 }
 
-async fn websocket(
-    tally: &Tally,
-    stream: TcpStream,
-    plan: &WorkerPlan,
-    permit: Permit<'_>,
-    resume: &mut watch::Receiver<bool>,
-) {
-    let url = format!("ws://{}{}", plan.server, plan.path);
-    // tungstenite's default read buffer is 128 KiB per socket: far too much for 19,000.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let handshake = tokio_tungstenite::client_async_with_config(url, stream, Some(config));
-    let mut socket = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-        Ok(Ok((socket, _))) => socket,
-        _ => {
-            return tally.bump(&tally.failed);
+/// How a stream's bytes are read.
+enum Body {
+    Sse(SseBody),
+    /// The frames, and pongs still to send.
+    Ws(WsFrames, Vec<u8>),
+}
+
+impl Body {
+    /// Reads `raw`, received at `now`; true once the terminal event (or a close) came.
+    fn feed(&mut self, tally: &Tally, raw: &[u8], now: u64) -> bool {
+        let mut done = false;
+        match self {
+            Body::Sse(body) => body.feed(raw, &mut |d| done |= tally.seen(classify(d), now)),
+            Body::Ws(frames, pongs) => frames.feed(raw, &mut |frame| match frame {
+                Frame::Data(d) => done |= tally.seen(classify(d), now),
+                Frame::Ping(payload) => pong(payload, pongs),
+                Frame::Close => done = true,
+            }),
         }
-    };
-    tally.bump(&tally.connected);
-    drop(permit);
-    if plan.stall {
-        let _ = resume.wait_for(|go| *go).await;
+        done
     }
-    while let Some(message) = socket.next().await {
-        let data = match message {
-            Ok(Message::Text(text)) => text,
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => continue,
-        };
-        if tally.seen(classify(data.as_bytes()), now_ns()) {
-            break;
+
+    /// True once a chunked SSE body has ended.
+    fn ended(&self) -> bool {
+        matches!(self, Body::Sse(body) if body.ended())
+    }
+
+    /// Sends the pongs the pings read so far asked for.
+    async fn answer(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        match self {
+            Body::Ws(_, pongs) if !pongs.is_empty() => {
+                stream.write_all(pongs).await?;
+                pongs.clear();
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 }
