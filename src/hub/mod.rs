@@ -699,7 +699,9 @@ async fn deliver_to_sinks(
     }
 }
 
-/// The most events a relay round hands each sink once it has added newer ones.
+/// The most events a relay round hands each sink once it has added newer ones, and what
+/// a lagging relay's outbox keeps (see [`TaskState::publish`]): one write's worth
+/// ([`crate::server::handoff::MAX_BATCH`]).
 const CATCH_UP_MAX: usize = 16;
 
 /// Delivers to `sinks[range]`. A round over thousands of sinks takes milliseconds, and
