@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Fan-out A/B: progress-hub builds (or load tools) alternating, ROUNDS times, each run on a
-# freshly started server with `--coalesce-ms 0` and the same loadgen arguments. Prints one
-# line per run with what decides a before/after: delivered events/s, delivery p50/p99,
-# publish ack p99, publishes/s, missed finals, server and tool CPU, connect time and RSS per
-# connection. For example, a change to the relay with the publisher flat out:
+# freshly started server with `--coalesce-ms 0` (or COALESCE_MS) and the same loadgen
+# arguments. Prints one line per run with what decides a before/after: delivered events/s,
+# delivery p50/p99, publish ack p99, publishes/s, missed finals, server and tool CPU,
+# connect time and RSS per connection. For example, a change to the relay with the
+# publisher flat out:
 #
 #   bench/fanout-ab.sh 2 /tmp/before/progress-hub target/release/progress-hub -- \
 #       --subs 10000 --rate 0 --duration 10
 #
 # A load tool A/B: LOADGENS="/tmp/old/loadgen target/release/loadgen" with one server
-# binary. Extra server flags: HUB_FLAGS="--coalesce-ms 50". Builds with `cargo build
-# --release` first. Everything listens on 127.0.0.1; every run is bounded by loadgen.
+# binary. The coalescing window: COALESCE_MS=50 (default 0); other server flags:
+# HUB_FLAGS="...". Builds with `cargo build --release` first. Everything listens on
+# 127.0.0.1; every run is bounded by loadgen.
 set -u
 if [ $# -lt 3 ]; then
     echo "usage: $0 ROUNDS SERVER-BIN... -- LOADGEN-ARGS..." >&2
@@ -33,7 +35,7 @@ for round in $(seq "$ROUNDS"); do
         for tool in "${TOOLS[@]}"; do
             rm -rf "$W/data"
             # shellcheck disable=SC2086 # HUB_FLAGS is a list of flags
-            "$server" --listen "127.0.0.1:$PORT" --coalesce-ms 0 --data-dir "$W/data" \
+            "$server" --listen "127.0.0.1:$PORT" --coalesce-ms "${COALESCE_MS:-0}" --data-dir "$W/data" \
                 --max-subscribers-per-task 100000 --max-subscribers 100000 ${HUB_FLAGS:-} \
                 >"$W/hub.log" 2>&1 &
             HUB=$!
