@@ -6,6 +6,7 @@
 #   bench/compare.sh            full run (~15 minutes)
 #   bench/compare.sh --quick    small N, short durations: a smoke run (~2 minutes)
 #   bench/compare.sh --only "sse-10k-100 idle"   some scenarios only
+#   LOADGEN_ARGS="--worker-yield 0" bench/compare.sh ...   extra load tool arguments
 #
 # Everything listens on 127.0.0.1; every loop is bounded; the servers it starts are
 # stopped on exit. Needs root only to install nginx, the Nchan module and wrk when missing.
@@ -156,9 +157,12 @@ load() { # scenario target [loadgen args...]
     log "$scenario on $target"
     # The publishing thread at nice -5 (root only; otherwise it says so and goes on): the
     # ack measured is then the server's, less the tool's own wait for a core. Same for
-    # every server; the tool's subscriber workers keep nice 0.
+    # every server; the tool's subscriber workers keep nice 0 and offer their core every
+    # 256 reads (loadgen's --worker-yield). LOADGEN_ARGS adds arguments to every run
+    # (for example LOADGEN_ARGS="--worker-yield 0").
+    # shellcheck disable=SC2086 # LOADGEN_ARGS is a list of arguments
     "$LOADGEN" --server "127.0.0.1:$(port_of "$target")" --target "$kind" \
-        --publisher-nice=-5 \
+        --publisher-nice=-5 ${LOADGEN_ARGS:-} \
         --label "$scenario" "${pids[@]}" "$@" 2>"$RESULTS/$scenario.$target.log" \
         | tail -n 1 >"$RESULTS/$scenario.$target.json" || true
     tail -n 3 "$RESULTS/$scenario.$target.log" >&2

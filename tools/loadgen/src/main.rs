@@ -81,6 +81,13 @@ struct Args {
     /// includes the publisher's own wait for a core. The workers keep their priority.
     #[arg(long, allow_hyphen_values = true)]
     publisher_nice: Option<i32>,
+    /// Reads after which a worker gives up its core to whatever else waits for it
+    /// (`sched_yield`; 0: never). The workers stand in for clients on other machines;
+    /// sharing the server's cores, a worker otherwise reads on for its whole time slice
+    /// (several ms) while a server thread woken on its core waits. 256 reads take about
+    /// 1.5 ms and leave delivery unchanged (BENCHMARKS.md item 23).
+    #[arg(long, default_value_t = 256)]
+    worker_yield: u32,
     /// A name for the run, copied into the summary.
     #[arg(long, default_value = "")]
     label: String,
@@ -104,6 +111,7 @@ fn main() {
             first_source: args.first_source,
             sources: args.sources as usize,
             stall: args.stall,
+            yield_every: args.worker_yield,
             connect_timeout: Duration::from_secs(args.connect_timeout),
         });
     }
@@ -276,6 +284,7 @@ async fn drive(args: Args) -> std::io::Result<Value> {
     Ok(json!({
         "label": args.label,
         "publisher_nice": args.publisher_nice,
+        "worker_yield": args.worker_yield,
         "target": format!("{:?}", args.target).to_lowercase(),
         "transport": if args.ws { "ws" } else { "sse" },
         "subs": args.subs,
@@ -322,6 +331,7 @@ fn spawn_worker(
         .args(["--sources", &args.sources.to_string()])
         .args(["--first-source", &first_source.to_string()])
         .args(["--connect-timeout", &args.connect_timeout.to_string()])
+        .args(["--worker-yield", &args.worker_yield.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true);

@@ -42,6 +42,8 @@ pub struct WorkerPlan {
     pub sources: usize,
     /// Subscribers stop reading after connecting, until the driver says `resume`.
     pub stall: bool,
+    /// Reads between two offers of the core to other threads (0: never).
+    pub yield_every: u32,
     pub connect_timeout: Duration,
 }
 
@@ -57,6 +59,7 @@ struct Tally {
     /// Woken whenever one of the counts above changes.
     changed: Notify,
     scratch: RefCell<Vec<u8>>,
+    yields: YieldEvery,
 }
 
 impl Tally {
@@ -90,6 +93,33 @@ impl Tally {
     }
 }
 
+/// Counts a worker's reads and says when to offer the core to other threads: every
+/// `every`-th read, never if `every` is 0.
+struct YieldEvery {
+    every: u32,
+    count: Cell<u32>,
+}
+
+impl YieldEvery {
+    fn new(every: u32) -> YieldEvery {
+        YieldEvery {
+            every,
+            count: Cell::new(0),
+        }
+    }
+
+    /// Counts one read; true if the worker should yield now.
+    fn due(&self) -> bool {
+        if self.every == 0 {
+            return false;
+        }
+        let count = self.count.get() + 1;
+        let due = count >= self.every;
+        self.count.set(if due { 0 } else { count });
+        due
+    }
+}
+
 pub fn run(plan: WorkerPlan) -> ! {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -111,6 +141,7 @@ async fn work(plan: WorkerPlan) {
         ended: Cell::new(0),
         changed: Notify::new(),
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+        yields: YieldEvery::new(plan.yield_every),
     });
     let (resume_tx, resume_rx) = watch::channel(false);
     let limiter = Rc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
@@ -278,6 +309,9 @@ async fn events(
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(_) => break,
         }
+        if tally.yields.due() {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -318,5 +352,21 @@ impl Body {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::YieldEvery;
+
+    #[test]
+    fn yields_on_every_nth_read_and_never_at_zero() {
+        let every_three = YieldEvery::new(3);
+        let due: Vec<bool> = (0..7).map(|_| every_three.due()).collect();
+        assert_eq!(due, [false, false, true, false, false, true, false]);
+        let every_read = YieldEvery::new(1);
+        assert!((0..4).all(|_| every_read.due()));
+        let never = YieldEvery::new(0);
+        assert!((0..1000).all(|_| !never.due()));
     }
 }
