@@ -36,7 +36,7 @@ pub use snapshot::{Outcome, ProgressUpdate, Snapshot, Status, UpdateRejected};
 pub use subscription::Subscription;
 
 use crate::store::{Store, StoreError};
-use task::{RelayBatch, StartPoint, TaskCell, TaskRef, TaskState};
+use task::{CatchUp, RelayBatch, StartPoint, TaskCell, TaskRef, TaskState};
 
 /// The error a running built-in job's task ends with when the process that ran it stopped.
 pub const INTERRUPTED_BY_RESTART: &str = "interrupted by restart";
@@ -716,7 +716,8 @@ const YIELD_CORE_EVERY: usize = 64;
 /// Delivers to `sinks[range]`. A round over thousands of sinks takes milliseconds, and
 /// what is published meanwhile would wait for the next round: every so often the
 /// sinks still to come get those newer events too, in the same write (the next round
-/// gives them to the others; sinks drop what they already have).
+/// gives them to the others; sinks drop what they already have). Once the relay is
+/// behind its producer, they get only the newest events instead (see [`CatchUp`]).
 async fn deliver_range(
     cell: &TaskRef,
     sinks: &[Arc<dyn Sink>],
@@ -732,9 +733,12 @@ async fn deliver_range(
         if n % SINKS_PER_JOB == SINKS_PER_JOB - 1 {
             tokio::task::yield_now().await;
             let newest = events.last().map_or(0, Event::seq);
-            let room = CATCH_UP_MAX.saturating_sub(events.len());
-            if let Some(newer) = cell.lock().queued_after(newest, room) {
-                events.to_mut().extend(newer);
+            // A statement of its own, so the lock is released before anything is sent.
+            let catch_up = cell.lock().catch_up(newest, events.len());
+            match catch_up {
+                Some(CatchUp::Follow(newer)) => events.to_mut().extend(newer),
+                Some(CatchUp::Skip(newest)) => events = std::borrow::Cow::Owned(newest),
+                None => {}
             }
         }
     }

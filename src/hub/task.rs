@@ -211,13 +211,22 @@ impl TaskState {
         })
     }
 
-    /// Events waiting in the outbox that directly follow `seq`, if there are some and no
-    /// more than `limit` (more would not go out in one write anyway).
-    pub fn queued_after(&self, seq: u64, limit: usize) -> Option<Vec<Event>> {
+    /// What the sinks still to come in a relay round get besides the round's `have`
+    /// events, the newest of which is `seq`: see [`CatchUp`]. `None`: nothing newer is
+    /// waiting, or newer events directly follow but would not fit in one write with the
+    /// round's (the next round brings them).
+    pub fn catch_up(&self, seq: u64, have: usize) -> Option<CatchUp> {
         let start = self.outbox.partition_point(|e| e.seq() <= seq);
         let newer = self.outbox.range(start..);
-        let contiguous = newer.clone().next()?.seq() == seq + 1;
-        (contiguous && newer.len() <= limit).then(|| newer.cloned().collect())
+        let first = newer.clone().next()?.seq();
+        if self.outbox_overflowed {
+            // The relay is behind its producer (see `publish`): what the outbox holds is
+            // the newest few events, which supersede the round's.
+            let older = newer.len().saturating_sub(CATCH_UP_MAX);
+            return Some(CatchUp::Skip(newer.skip(older).cloned().collect()));
+        }
+        (first == seq + 1 && have + newer.len() <= CATCH_UP_MAX)
+            .then(|| CatchUp::Follow(newer.cloned().collect()))
     }
 
     /// What a subscriber that last saw `last_event_id` gets before live events: replayed
@@ -268,6 +277,18 @@ impl TaskState {
         sink.begin(backlog, live);
         Some((live.then(|| self.sinks.insert(sink.clone())), last_seq))
     }
+}
+
+/// Newer events for the sinks still to come in a relay round (see
+/// [`TaskState::catch_up`]).
+#[derive(Debug)]
+pub(crate) enum CatchUp {
+    /// They directly follow the round's events and go out in the same write.
+    Follow(Vec<Event>),
+    /// The outbox overflowed during the round: the relay is behind its producer, and
+    /// these, the newest events, replace the round's for the sinks still to come. Those
+    /// skip to the newest snapshots, as every sink does once the round ends.
+    Skip(Vec<Event>),
 }
 
 /// One turn of a relay: events to send, in order, to the channel and to every sink.

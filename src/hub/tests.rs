@@ -568,3 +568,99 @@ async fn a_sink_leaves_when_dropped_and_a_late_one_gets_only_the_end() {
         .unwrap()
         .is_none());
 }
+
+/// Records the seqs of every batch it is handed.
+#[derive(Default)]
+struct Batches(std::sync::Mutex<Vec<Vec<u64>>>);
+
+impl Batches {
+    fn first(&self) -> Option<Vec<u64>> {
+        self.0.lock().unwrap().first().cloned()
+    }
+}
+
+impl Sink for Batches {
+    fn begin(&self, _: VecDeque<Event>, _: bool) {}
+
+    fn deliver(&self, events: &[Event]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(events.iter().map(Event::seq).collect());
+    }
+}
+
+/// The first sink of a round: when handed its first batch, it has the producer publish
+/// `burst` more changes, as a producer flat out does while the round is under way.
+struct Burst {
+    hub: Hub,
+    task: TaskId,
+    burst: u64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Sink for Burst {
+    fn begin(&self, _: VecDeque<Event>, _: bool) {}
+
+    fn deliver(&self, _: &[Event]) {
+        if !self.done.swap(true, Ordering::Relaxed) {
+            for n in 0..self.burst {
+                self.hub.progress(&self.task, processed(100 + n)).unwrap();
+            }
+        }
+    }
+}
+
+/// Publishes one change to a burst sink and `late` recording sinks (one relay job, which
+/// looks for newer events every `SINKS_PER_JOB` sinks), the burst arriving mid-round, and
+/// returns the first batch each recording sink got.
+async fn first_batches_with_a_burst_mid_round(burst: u64, late: usize) -> Vec<Vec<u64>> {
+    let hub = hub_with(0, 64);
+    let t = task(&hub, "t");
+    let burster = Arc::new(Burst {
+        hub: hub.clone(),
+        task: t.clone(),
+        burst,
+        done: Default::default(),
+    });
+    let _burster = hub.subscribe_sink(&t, None, burster).unwrap().unwrap();
+    let sinks: Vec<Arc<Batches>> = (0..late).map(|_| Arc::default()).collect();
+    let _attached: Vec<_> = sinks
+        .iter()
+        .map(|s| hub.subscribe_sink(&t, None, s.clone()).unwrap().unwrap())
+        .collect();
+    hub.progress(&t, processed(1)).unwrap();
+    for _ in 0..1000 {
+        if sinks.iter().all(|s| s.first().is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    sinks.iter().map(|s| s.first().expect("a batch")).collect()
+}
+
+#[tokio::test]
+async fn sinks_late_in_a_round_skip_to_the_newest_once_the_relay_falls_behind() {
+    // The task's creation is seq 1, the change seq 2, the burst 3..=202: it overflows
+    // the outbox of 64, which then keeps the newest 16.
+    let firsts = first_batches_with_a_burst_mid_round(200, 1100).await;
+    // Sinks 1..=511 (0 is the burst) come before the relay looks for newer events.
+    for first in &firsts[..SINKS_PER_JOB - 1] {
+        assert_eq!(first, &[2]);
+    }
+    for first in &firsts[SINKS_PER_JOB - 1..] {
+        assert_eq!(first, &(187..=202).collect::<Vec<u64>>());
+    }
+}
+
+#[tokio::test]
+async fn sinks_late_in_a_round_get_newer_events_that_follow_in_the_same_write() {
+    // 5 newer events fit beside the round's one: no skip, no gap.
+    let firsts = first_batches_with_a_burst_mid_round(5, 1100).await;
+    for first in &firsts[..SINKS_PER_JOB - 1] {
+        assert_eq!(first, &[2]);
+    }
+    for first in &firsts[SINKS_PER_JOB - 1..] {
+        assert_eq!(first, &(2..=7).collect::<Vec<u64>>());
+    }
+}
