@@ -611,10 +611,15 @@ impl Sink for Burst {
     }
 }
 
-/// Publishes one change to a burst sink and `late` recording sinks (one relay job, which
-/// looks for newer events every `SINKS_PER_JOB` sinks), the burst arriving mid-round, and
-/// returns the first batch each recording sink got.
-async fn first_batches_with_a_burst_mid_round(burst: u64, late: usize) -> Vec<Vec<u64>> {
+/// Publishes one change (seq 2) to a burst sink and 1,100 recording sinks (one relay job,
+/// which looks for newer events every `SINKS_PER_JOB` sinks), the burst arriving
+/// mid-round, and checks the first batch each recording sink got: the round's change
+/// alone for sinks 1..=511 (0 is the burst), which come before the relay looks, and
+/// `late` for the others.
+async fn assert_first_batches_after_a_burst_mid_round(
+    burst: u64,
+    late: std::ops::RangeInclusive<u64>,
+) {
     let hub = hub_with(0, 64);
     let t = task(&hub, "t");
     let burster = Arc::new(Burst {
@@ -624,7 +629,7 @@ async fn first_batches_with_a_burst_mid_round(burst: u64, late: usize) -> Vec<Ve
         done: Default::default(),
     });
     let _burster = hub.subscribe_sink(&t, None, burster).unwrap().unwrap();
-    let sinks: Vec<Arc<Batches>> = (0..late).map(|_| Arc::default()).collect();
+    let sinks: Vec<Arc<Batches>> = (0..1100).map(|_| Arc::default()).collect();
     let _attached: Vec<_> = sinks
         .iter()
         .map(|s| hub.subscribe_sink(&t, None, s.clone()).unwrap().unwrap())
@@ -636,31 +641,26 @@ async fn first_batches_with_a_burst_mid_round(burst: u64, late: usize) -> Vec<Ve
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    sinks.iter().map(|s| s.first().expect("a batch")).collect()
+    let late: Vec<u64> = late.collect();
+    for (n, sink) in sinks.iter().enumerate() {
+        let expected = if n < SINKS_PER_JOB - 1 {
+            &[2][..]
+        } else {
+            &late[..]
+        };
+        assert_eq!(sink.first().expect("a batch"), expected, "sink {}", n + 1);
+    }
 }
 
 #[tokio::test]
 async fn sinks_late_in_a_round_skip_to_the_newest_once_the_relay_falls_behind() {
     // The task's creation is seq 1, the change seq 2, the burst 3..=202: it overflows
     // the outbox of 64, which then keeps the newest 16.
-    let firsts = first_batches_with_a_burst_mid_round(200, 1100).await;
-    // Sinks 1..=511 (0 is the burst) come before the relay looks for newer events.
-    for first in &firsts[..SINKS_PER_JOB - 1] {
-        assert_eq!(first, &[2]);
-    }
-    for first in &firsts[SINKS_PER_JOB - 1..] {
-        assert_eq!(first, &(187..=202).collect::<Vec<u64>>());
-    }
+    assert_first_batches_after_a_burst_mid_round(200, 187..=202).await;
 }
 
 #[tokio::test]
 async fn sinks_late_in_a_round_get_newer_events_that_follow_in_the_same_write() {
     // 5 newer events fit beside the round's one: no skip, no gap.
-    let firsts = first_batches_with_a_burst_mid_round(5, 1100).await;
-    for first in &firsts[..SINKS_PER_JOB - 1] {
-        assert_eq!(first, &[2]);
-    }
-    for first in &firsts[SINKS_PER_JOB - 1..] {
-        assert_eq!(first, &(2..=7).collect::<Vec<u64>>());
-    }
+    assert_first_batches_after_a_burst_mid_round(5, 2..=7).await;
 }
