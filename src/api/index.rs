@@ -48,6 +48,7 @@ pub async fn index_folder(
         .limits
         .create_task(&state.hub, &producer.label, || state.hub.create(new))?;
     let id = event.task_id().clone();
+    state.hub.confirm(&id).await?;
     state
         .indexer
         .spawn(&state.hub, id.clone(), folder, state.shutdown.token());

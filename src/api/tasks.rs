@@ -69,6 +69,8 @@ pub async fn create(
         .limits
         .create_task(&state.hub, &producer.label, || state.hub.create(new))?;
     let id = event.task_id();
+    // Acknowledged only once stored: a created task survives a crash right after.
+    state.hub.confirm(id).await?;
     tracing::debug!(task_id = %id, producer = %producer.label, "task created");
     Ok(started_for(&state, StatusCode::CREATED, id))
 }
@@ -138,6 +140,7 @@ pub async fn cancel(
 }
 
 async fn finish(state: &AppState, id: &TaskId, outcome: Outcome) -> Result<Response, ApiError> {
+    state.hub.admit_write()?;
     let event = state.hub.finish(id, outcome).await?;
     // A built-in job running this task would notice at its next report; this stops it at
     // once, also in the middle of a long extraction.

@@ -41,6 +41,20 @@ use task::{CatchUp, RelayBatch, StartPoint, TaskCell, TaskRef, TaskState};
 /// The error a running built-in job's task ends with when the process that ran it stopped.
 pub const INTERRUPTED_BY_RESTART: &str = "interrupted by restart";
 
+/// How far the seq of every unfinished task jumps when the server starts after a crash.
+/// Events reach subscribers before the store commits them (every few milliseconds), so a
+/// crash can take published seqs with it; the restarted server must never hand those
+/// numbers to different changes. The jump is larger than any number of events one task
+/// can publish ahead of the disk: producers' writes are refused while more than
+/// [`MAX_UNWRITTEN`] events wait (and while the store is failing), and what the server
+/// publishes by itself in that time (one coalesced change per accepted report, a stall
+/// mark, a job's few reports a second) stays far below it. After a clean stop every
+/// event was stored and seqs simply continue.
+pub const RESTART_SEQ_GAP: u64 = 1_000_000;
+
+/// Events the store may hold unwritten before producers' writes are refused (`503`).
+pub const MAX_UNWRITTEN: u64 = 10_000;
+
 #[derive(Clone, Debug)]
 pub struct HubConfig {
     /// Updates of one task inside this window merge into one published change.
@@ -211,13 +225,26 @@ impl Hub {
         let hub = Hub { shared };
         let mut stored = hub.shared.store.load()?;
         stored.sort_by_key(|t| t.events.last().map(Event::created_at_ms));
+        let skip = if hub.shared.store.clean_start() {
+            0
+        } else {
+            tracing::warn!(
+                gap = RESTART_SEQ_GAP,
+                "the last server did not stop cleanly: unfinished tasks continue past seqs it may have shown"
+            );
+            RESTART_SEQ_GAP
+        };
         for task in stored {
-            hub.restore(task.events);
+            hub.restore(task.events, skip);
         }
         Ok(hub)
     }
 
-    fn restore(&self, events: Vec<Event>) {
+    /// Brings back a stored task. `skip`: how far its seq jumps (after a crash). An
+    /// unfinished task then publishes its stored snapshot again under the new seq, so a
+    /// client that saw lost events resumes onto it; the caller makes that durable before
+    /// serving.
+    fn restore(&self, events: Vec<Event>, skip: u64) {
         let Some(last) = events.last().cloned() else {
             return;
         };
@@ -241,15 +268,21 @@ impl Hub {
         }
         self.write_map()
             .insert(cell.lock().working.task_id.clone(), cell.clone());
+        let mut st = cell.lock();
+        if st.working.status.is_terminal() {
+            return;
+        }
         if interrupted {
-            let mut st = cell.lock();
-            st.working.seq = st.published.seq() + 1;
+            st.working.seq = st.published.seq() + skip + 1;
             st.working.finish(
                 Outcome::Failed {
                     error: INTERRUPTED_BY_RESTART.to_string(),
                 },
                 time::now_ms(),
             );
+            self.shared.publish(&cell, &mut st);
+        } else if skip > 0 {
+            st.working.seq = st.published.seq() + skip;
             self.shared.publish(&cell, &mut st);
         }
     }
@@ -276,11 +309,44 @@ impl Hub {
         &self.shared.store
     }
 
-    /// Creates a task and publishes its first change (seq 1, `pending`).
+    /// Refuses a producer's write while the store is failing or too far behind (see
+    /// [`MAX_UNWRITTEN`]): what is refused is never shown, so nothing shown can be
+    /// forgotten by a crash during an outage.
+    pub fn admit_write(&self) -> Result<(), HubError> {
+        let store = &self.shared.store;
+        if !store.is_healthy() {
+            return Err(StoreError::Unavailable("the store is failing".to_string()).into());
+        }
+        if store.unwritten() >= MAX_UNWRITTEN {
+            return Err(StoreError::Unavailable("the store is behind".to_string()).into());
+        }
+        Ok(())
+    }
+
+    /// Waits until the store has the task's newest change: what a producer's create or
+    /// end waits for before it is acknowledged. If the store fails, the change stays
+    /// shown and the store keeps trying; the task is marked so that the producer's retry
+    /// of the same create or end answers again once it is stored, not `409`.
+    pub async fn confirm(&self, id: &TaskId) -> Result<(), HubError> {
+        let result = self.shared.store.flush().await;
+        if let Ok(cell) = self.cell(id) {
+            cell.lock().unconfirmed = result.is_err();
+        }
+        Ok(result?)
+    }
+
+    /// Creates a task and publishes its first change (seq 1, `pending`). Refused while the
+    /// store cannot keep up ([`Hub::admit_write`]). A task whose creation the store did not
+    /// confirm is returned as if created again, for the producer's retry.
     pub fn create(&self, new: NewTask) -> Result<Event, HubError> {
+        self.admit_write()?;
         let id = new.id.unwrap_or_else(TaskId::generate);
         let mut tasks = self.write_map();
-        if tasks.contains_key(&id) {
+        if let Some(cell) = tasks.get(&id) {
+            let st = cell.lock();
+            if st.unconfirmed && st.published.seq() == 1 {
+                return Ok(st.published.clone());
+            }
             return Err(HubError::AlreadyExists);
         }
         let mut snapshot = Snapshot::new(id.clone(), new.name, new.total, time::now_ms());
@@ -305,6 +371,7 @@ impl Hub {
     /// window closes.
     pub fn progress(&self, id: &TaskId, update: ProgressUpdate) -> Result<Bytes, HubError> {
         let cell = self.cell(id)?;
+        self.admit_write()?;
         let mut st = cell.lock();
         if st.working.status.is_terminal() {
             return Err(HubError::Finished(st.working.status));
@@ -343,21 +410,28 @@ impl Hub {
     }
 
     /// Ends a task, publishes its terminal event at once and returns once the store has
-    /// it, so an acknowledged ending survives a crash.
+    /// it, so an acknowledged ending survives a crash. Never refused for a store outage
+    /// (a built-in job must be able to end); producers pass [`Hub::admit_write`] first.
+    /// Ending again with the same status a task whose ending the store did not confirm
+    /// waits for the store again instead of answering `Finished`.
     pub async fn finish(&self, id: &TaskId, outcome: Outcome) -> Result<Event, HubError> {
         let event = {
             let cell = self.cell(id)?;
             let mut st = cell.lock();
             if st.working.status.is_terminal() {
-                return Err(HubError::Finished(st.working.status));
+                if !st.unconfirmed || st.working.status != outcome.status() {
+                    return Err(HubError::Finished(st.working.status));
+                }
+                st.published.clone()
+            } else {
+                if !st.dirty {
+                    st.working.seq = st.published.seq() + 1;
+                }
+                st.working.finish(outcome, time::now_ms());
+                self.shared.publish(&cell, &mut st)
             }
-            if !st.dirty {
-                st.working.seq = st.published.seq() + 1;
-            }
-            st.working.finish(outcome, time::now_ms());
-            self.shared.publish(&cell, &mut st)
         };
-        self.shared.store.flush().await?;
+        self.confirm(id).await?;
         Ok(event)
     }
 

@@ -59,6 +59,10 @@ pub(crate) struct TaskState {
     /// once the terminal event has been relayed.
     pub sinks: Sinks,
     pub rate: RateEstimator,
+    /// The store failed to confirm this task's creation or ending, whose producer was told
+    /// so (`503`). Its change stays shown and the store keeps trying; the same request
+    /// retried answers as soon as the store has it (see [`super::Hub::confirm`]).
+    pub unconfirmed: bool,
 }
 
 /// Where a new subscriber starts.
@@ -103,6 +107,7 @@ impl TaskCell {
                 relaying: false,
                 sinks: Sinks::default(),
                 rate: RateEstimator::default(),
+                unconfirmed: false,
             }),
         }
     }

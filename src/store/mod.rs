@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use memory::MemoryStore;
-pub use sqlite::{SqliteStore, WriteStats};
+pub use sqlite::{SqliteStore, WriteStats, FILE_NAME as SQLITE_FILE_NAME};
 
 use crate::hub::{Event, TaskId};
 pub use crate::telemetry::StoreMetrics;
@@ -51,8 +51,28 @@ pub trait Store: Send + Sync + 'static {
     /// Resolves once everything recorded so far is durable.
     fn flush(&self) -> FlushFuture;
 
-    /// Whether the store can take writes right now (for `/readyz`).
+    /// Whether the store can take writes right now (for `/readyz`): false from a failed
+    /// write until everything it left waiting has been written.
     fn is_healthy(&self) -> bool;
+
+    /// Events recorded but not yet durable. The hub refuses producers' writes while this
+    /// is too high, which bounds how far published seqs can run ahead of the disk (see
+    /// [`crate::hub::RESTART_SEQ_GAP`]).
+    fn unwritten(&self) -> u64 {
+        0
+    }
+
+    /// Whether the process that used this store before stopped cleanly, with everything
+    /// it published stored. When it did not (a crash), events that clients saw may be
+    /// missing, and the hub skips seqs past them.
+    fn clean_start(&self) -> bool {
+        true
+    }
+
+    /// Flushes everything and records a clean stop, as the last thing a server does.
+    fn close(&self) -> FlushFuture {
+        self.flush()
+    }
 
     /// Hands the store the handle it reports write latency into
     /// (`progress_hub_store_write_seconds` on `/metrics`). Called once when the server

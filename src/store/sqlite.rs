@@ -5,10 +5,16 @@
 //! pending in one transaction, at most every [`COMMIT_INTERVAL`]. A task's pending events
 //! are bounded by its history length, so the queue cannot outgrow memory. `flush` waits
 //! until the writer has committed everything that was recorded before it, and cuts the
-//! interval short (the hub flushes terminal events before acknowledging them).
+//! interval short (the hub flushes created and terminal events before acknowledging them).
 //!
-//! One table: `events(task_id, seq, json)`, the newest `history_len` events per task. The
-//! last row of a task is its snapshot (an event's JSON is the full snapshot).
+//! A batch that fails (disk full, read-only, the database locked by another process) is
+//! not dropped: it goes back into the pending map, under anything newer, and the writer
+//! tries again with a growing pause (a flush tries at once). The store reports itself
+//! unhealthy until a write succeeds.
+//!
+//! Tables: `events(task_id, seq, json)`, the newest `history_len` events per task (the
+//! last row of a task is its snapshot: an event's JSON is the full snapshot), and
+//! `meta(key, value)`, which records whether the last server stopped cleanly.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -17,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{FlushFuture, Store, StoreError, StoreMetrics, StoredTask};
@@ -34,13 +40,26 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(10);
 /// next event wakes it.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// The first pause before a failed batch is tried again; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Attempts at the last batch when the store closes, before what is left is given up.
+const CLOSE_ATTEMPTS: u32 = 3;
+
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "progress-hub.sqlite3";
+
+/// The `meta` row that says the last server stopped with everything stored.
+const CLEAN_STOP: &str = "clean_stop";
 
 pub struct SqliteStore {
     path: PathBuf,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Read when the store opened: see [`Store::clean_start`].
+    clean_start: bool,
 }
 
 /// What the writer thread and the store handle share.
@@ -48,6 +67,8 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     healthy: AtomicBool,
+    /// Events recorded and not yet committed (see [`Store::unwritten`]).
+    unwritten: AtomicU64,
     history_len: usize,
     stats: WriteStats,
     /// Set by `attach_metrics` when a server starts: each batch's commit time.
@@ -73,11 +94,49 @@ struct Pending {
     asleep: bool,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
     closing: bool,
+    /// Events recorded into this batch, before any were merged away.
+    recorded: u64,
+    /// Record a clean stop with this batch (see [`Store::close`]).
+    mark_clean: bool,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.removes.is_empty() && self.events.is_empty() && self.waiters.is_empty()
+        self.removes.is_empty()
+            && self.events.is_empty()
+            && self.waiters.is_empty()
+            && !self.mark_clean
+    }
+
+    /// Puts a batch that failed back under what was recorded since, so the next attempt
+    /// writes both in order. Its waiters have had their answer already.
+    fn take_back(&mut self, mut failed: Pending, history_len: usize) {
+        for (id, mut older) in failed.events.drain() {
+            // Removed since: its older events must not come back after the delete.
+            if self.removes.contains(&id) {
+                continue;
+            }
+            match self.events.entry(id) {
+                std::collections::hash_map::Entry::Occupied(mut newer) => {
+                    // A terminal event ends a task's history, as in `record`.
+                    if newer.get().front().is_some_and(Event::is_terminal) {
+                        continue;
+                    }
+                    older.append(newer.get_mut());
+                    while older.len() > history_len {
+                        older.pop_front();
+                    }
+                    *newer.get_mut() = older;
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(older);
+                }
+            }
+        }
+        failed.removes.append(&mut self.removes);
+        self.removes = failed.removes;
+        self.recorded += failed.recorded;
+        self.mark_clean |= failed.mark_clean;
     }
 }
 
@@ -89,19 +148,14 @@ impl SqliteStore {
         })?;
         let path = data_dir.join(FILE_NAME);
         let conn = connect(&path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS events (
-                 task_id TEXT NOT NULL,
-                 seq INTEGER NOT NULL,
-                 json TEXT NOT NULL,
-                 PRIMARY KEY (task_id, seq)
-             ) WITHOUT ROWID;",
-        )
-        .map_err(unavailable)?;
+        let clean_start = start_session(&conn).map_err(|e| {
+            StoreError::Unavailable(format!("cannot write to {}: {e}", path.display()))
+        })?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             healthy: AtomicBool::new(true),
+            unwritten: AtomicU64::new(0),
             history_len: history_len.max(1),
             stats: WriteStats::default(),
             metrics: std::sync::OnceLock::new(),
@@ -117,6 +171,7 @@ impl SqliteStore {
             path,
             shared,
             writer: Mutex::new(Some(writer)),
+            clean_start,
         })
     }
 
@@ -148,6 +203,43 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(unavailable)?;
     Ok(conn)
+}
+
+/// Creates the tables, reads whether the last server stopped cleanly, and records that this
+/// one has not (yet): a crash from now on leaves `clean_stop` at 0. A database with events
+/// and no record at all comes from a crash too, as far as anyone can tell.
+fn start_session(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS events (
+             task_id TEXT NOT NULL,
+             seq INTEGER NOT NULL,
+             json TEXT NOT NULL,
+             PRIMARY KEY (task_id, seq)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS meta (
+             key TEXT PRIMARY KEY,
+             value INTEGER NOT NULL
+         ) WITHOUT ROWID;",
+    )?;
+    let any_events: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |row| row.get(0))?;
+    let clean_stop: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [CLEAN_STOP],
+            |row| row.get(0),
+        )
+        .optional()?;
+    set_clean_stop(conn, false)?;
+    Ok(!any_events || clean_stop == Some(1))
+}
+
+fn set_clean_stop(conn: &Connection, clean: bool) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![CLEAN_STOP, i64::from(clean)],
+    )
+    .map(|_| ())
 }
 
 fn unavailable(error: rusqlite::Error) -> StoreError {
@@ -196,6 +288,8 @@ impl Store for SqliteStore {
         // A writer that is ticking will find the event at its next tick: waking it here,
         // on the producer's request thread, is what the interval avoids.
         let wake = pending.asleep;
+        pending.recorded += 1;
+        self.shared.unwritten.fetch_add(1, Ordering::Relaxed);
         let events = pending.events.entry(event.task_id().clone()).or_default();
         if event.is_terminal() {
             events.clear();
@@ -234,6 +328,19 @@ impl Store for SqliteStore {
         self.shared.healthy.load(Ordering::Relaxed)
     }
 
+    fn unwritten(&self) -> u64 {
+        self.shared.unwritten.load(Ordering::Relaxed)
+    }
+
+    fn clean_start(&self) -> bool {
+        self.clean_start
+    }
+
+    fn close(&self) -> FlushFuture {
+        self.pending().mark_clean = true;
+        self.flush()
+    }
+
     fn attach_metrics(&self, metrics: StoreMetrics) {
         let _ = self.shared.metrics.set(metrics);
     }
@@ -252,13 +359,31 @@ impl Drop for SqliteStore {
 }
 
 fn write_loop(mut conn: Connection, shared: &Shared) {
+    // Set while a failed batch waits to be tried again: when, and the pause after the next
+    // failure.
+    let mut retry: Option<(Instant, Duration)> = None;
+    let mut close_attempts = 0;
+    // A clean stop was recorded: a later batch with events must take it back.
+    let mut marked_clean = false;
     loop {
-        let batch = {
+        let mut batch = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             // Tick every COMMIT_INTERVAL while there is something to write or was lately;
-            // a flush or closing cuts the wait short.
+            // a flush or closing cuts the wait short. A failed batch waits its pause.
             let mut quiet = Duration::ZERO;
             while pending.waiters.is_empty() && !pending.closing {
+                if let Some((at, _)) = retry {
+                    let now = Instant::now();
+                    if now >= at {
+                        break;
+                    }
+                    pending = shared
+                        .wake
+                        .wait_timeout(pending, at - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
                 if quiet >= IDLE_AFTER && pending.is_empty() {
                     pending.asleep = true;
                     pending = shared.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
@@ -284,8 +409,9 @@ fn write_loop(mut conn: Connection, shared: &Shared) {
             pending.closing = closing;
             batch
         };
+        let unmark = marked_clean && !batch.events.is_empty() && !batch.mark_clean;
         let started = Instant::now();
-        let result = write_batch(&mut conn, &batch, shared.history_len);
+        let result = write_batch(&mut conn, &batch, shared.history_len, unmark);
         let took = started.elapsed();
         if let Some(metrics) = shared.metrics.get() {
             metrics.record_write(took);
@@ -296,28 +422,64 @@ fn write_loop(mut conn: Connection, shared: &Shared) {
             .stats
             .write_micros
             .fetch_add(micros, Ordering::Relaxed);
-        match &result {
+        let waiters = std::mem::take(&mut batch.waiters);
+        let answer = match result {
             Ok(events) => {
-                shared.stats.events.fetch_add(*events, Ordering::Relaxed);
+                shared.stats.events.fetch_add(events, Ordering::Relaxed);
+                shared
+                    .unwritten
+                    .fetch_sub(batch.recorded, Ordering::Relaxed);
                 shared.healthy.store(true, Ordering::Relaxed);
+                marked_clean = (marked_clean && !unmark) || batch.mark_clean;
+                retry = None;
+                Ok(())
             }
             Err(error) => {
-                tracing::error!(%error, "store write failed");
                 shared.healthy.store(false, Ordering::Relaxed);
+                let pause = retry.map_or(RETRY_FIRST, |(_, pause)| (pause * 2).min(RETRY_MAX));
+                tracing::error!(%error, retry_in = ?pause, "store write failed; keeping the batch");
+                let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.closing {
+                    close_attempts += 1;
+                    if close_attempts >= CLOSE_ATTEMPTS {
+                        tracing::error!(
+                            events = batch.recorded + pending.recorded,
+                            "store closing: giving up on changes that could not be written"
+                        );
+                        for waiter in std::mem::take(&mut pending.waiters) {
+                            let _ = waiter.send(Err(error.clone()));
+                        }
+                        drop(pending);
+                        for waiter in waiters {
+                            let _ = waiter.send(Err(error.clone()));
+                        }
+                        return;
+                    }
+                }
+                let closing = pending.closing;
+                pending.take_back(batch, shared.history_len);
+                drop(pending);
+                if closing {
+                    // Closing does not wait for ticks: pause here between attempts.
+                    std::thread::sleep(pause);
+                }
+                retry = Some((Instant::now() + pause, pause));
+                Err(error)
             }
-        }
-        let answer = result.map(|_| ());
-        for waiter in batch.waiters {
+        };
+        for waiter in waiters {
             let _ = waiter.send(answer.clone());
         }
     }
 }
 
 /// Commits one batch in one transaction; returns how many events it wrote.
+/// `unmark`: take back an earlier clean stop, since events are being written after it.
 fn write_batch(
     conn: &mut Connection,
     batch: &Pending,
     history_len: usize,
+    unmark: bool,
 ) -> Result<u64, StoreError> {
     let tx = conn.transaction().map_err(unavailable)?;
     let mut written = 0;
@@ -338,6 +500,13 @@ fn write_batch(
         let mut trim = tx
             .prepare_cached("DELETE FROM events WHERE task_id = ?1 AND seq < ?2")
             .map_err(unavailable)?;
+        // Keeps the newest rows by count, not by seq range: seqs skip after a crash.
+        let mut trim_count = tx
+            .prepare_cached(
+                "DELETE FROM events WHERE task_id = ?1 AND seq < (SELECT seq FROM events \
+                 WHERE task_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+            )
+            .map_err(unavailable)?;
         for (id, events) in &batch.events {
             for event in events {
                 let json = std::str::from_utf8(event.json())
@@ -347,17 +516,23 @@ fn write_batch(
                     .map_err(unavailable)?;
                 written += 1;
             }
-            if let Some(last) = events.back() {
-                // Keep the newest `history_len` events; a finished task keeps only its end.
-                let keep_from = if last.is_terminal() {
-                    last.seq()
-                } else {
-                    last.seq().saturating_sub(history_len as u64 - 1)
-                };
-                trim.execute(params![id.as_str(), keep_from as i64])
-                    .map_err(unavailable)?;
+            match events.back() {
+                // A finished task keeps only its end.
+                Some(last) if last.is_terminal() => {
+                    trim.execute(params![id.as_str(), last.seq() as i64])
+                        .map_err(unavailable)?;
+                }
+                Some(_) => {
+                    trim_count
+                        .execute(params![id.as_str(), history_len as i64 - 1])
+                        .map_err(unavailable)?;
+                }
+                None => {}
             }
         }
+    }
+    if batch.mark_clean || unmark {
+        set_clean_stop(&tx, batch.mark_clean).map_err(unavailable)?;
     }
     tx.commit().map_err(unavailable)?;
     Ok(written)
@@ -447,5 +622,79 @@ mod tests {
         assert!(store.pending().asleep, "idle long enough to sleep");
         store.record(&event("tick", 2, Status::Processing));
         committed(2);
+    }
+
+    #[test]
+    fn a_failed_batch_goes_back_under_newer_changes() {
+        let id = |s: &str| TaskId::parse(s).unwrap();
+        let mut failed = Pending::default();
+        failed.events.insert(
+            id("a"),
+            [1, 2].map(|n| event("a", n, Status::Processing)).into(),
+        );
+        failed
+            .events
+            .insert(id("b"), [event("b", 1, Status::Pending)].into());
+        failed
+            .events
+            .insert(id("c"), [event("c", 4, Status::Processing)].into());
+        failed.removes.push(id("old"));
+        failed.recorded = 4;
+        failed.mark_clean = true;
+
+        let mut pending = Pending::default();
+        pending
+            .events
+            .insert(id("a"), [event("a", 3, Status::Processing)].into());
+        // Removed after the batch was taken: its older events must not come back.
+        pending.removes.push(id("b"));
+        // Ended since: the end is all a finished task keeps.
+        pending
+            .events
+            .insert(id("c"), [event("c", 5, Status::Completed)].into());
+        pending.recorded = 2;
+
+        pending.take_back(failed, 3);
+        let seqs = |task: &str| -> Vec<u64> {
+            pending
+                .events
+                .get(&id(task))
+                .map(|e| e.iter().map(Event::seq).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(seqs("a"), [1, 2, 3]);
+        assert_eq!(seqs("b"), Vec::<u64>::new());
+        assert_eq!(seqs("c"), [5]);
+        assert_eq!(pending.removes, [id("old"), id("b")]);
+        assert_eq!(pending.recorded, 6);
+        assert!(pending.mark_clean);
+    }
+
+    #[tokio::test]
+    async fn only_a_closed_store_starts_clean_the_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path(), 8).unwrap();
+            assert!(store.clean_start(), "a new file has nothing to skip past");
+            store.record(&event("t", 1, Status::Processing));
+            store.flush().await.unwrap();
+            assert_eq!(store.unwritten(), 0);
+            // Dropped without `close`, as a crash would leave it.
+        }
+        {
+            let store = SqliteStore::open(dir.path(), 8).unwrap();
+            assert!(!store.clean_start());
+            store.close().await.unwrap();
+        }
+        {
+            let store = SqliteStore::open(dir.path(), 8).unwrap();
+            assert!(store.clean_start());
+            // Events written after a clean stop take it back.
+            store.close().await.unwrap();
+            store.record(&event("t", 2, Status::Processing));
+            store.flush().await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), 8).unwrap();
+        assert!(!store.clean_start());
     }
 }
