@@ -46,6 +46,48 @@ pub enum StartError {
     Security(#[from] api::SecurityError),
     #[error("{0}")]
     IndexRoots(std::io::Error),
+    #[error(
+        "another progress-hub is already using the data directory {} (it holds {}): stop it, \
+         or give this one another --data-dir",
+        .dir.display(), .lock.display()
+    )]
+    DataDirInUse {
+        dir: std::path::PathBuf,
+        lock: std::path::PathBuf,
+    },
+    #[error("cannot lock the data directory {}: {source}", .dir.display())]
+    DataDirLock {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The file in the data directory that one server at a time holds an exclusive lock on
+/// (`flock`): released when the server exits, and by the kernel when it dies.
+pub const LOCK_FILE: &str = "progress-hub.lock";
+
+/// Takes the data directory for this process, or says who has it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let failed = |source| StartError::DataDirLock {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse {
+            dir: dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(failed(source)),
+    }
 }
 
 /// A bound, ready-to-run server.
@@ -53,16 +95,22 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     state: AppState,
+    /// The data directory's lock, held until the server has stopped (see [`LOCK_FILE`]).
+    data_dir_lock: Option<std::fs::File>,
 }
 
 /// Pending connections the kernel may queue while the accept loop catches up.
 const LISTEN_BACKLOG: u32 = 4096;
 
 impl Application {
-    /// Binds the listener and opens the store the configuration names.
+    /// Takes the data directory, binds the listener and opens the store the
+    /// configuration names.
     pub async fn build(config: Config) -> Result<Application, StartError> {
+        let lock = lock_data_dir(&config.data_dir)?;
         let store = open_store(&config)?;
-        Self::build_with_store(config, store).await
+        let mut app = Self::build_with_store(config, store).await?;
+        app.data_dir_lock = Some(lock);
+        Ok(app)
     }
 
     /// Like [`Application::build`] with a given store (tests restart on the same one).
@@ -87,7 +135,12 @@ impl Application {
         })?;
         let metrics = telemetry::Metrics::new();
         store.attach_metrics(metrics.store());
-        let hub = Hub::new(config.hub(), store)?;
+        let hub = Hub::new(config.hub(), store.clone())?;
+        // After a crash, restoring moved unfinished tasks' seqs on: that must be on disk
+        // before anyone sees it, or the next crash would hand out the same numbers again.
+        if store.unwritten() > 0 {
+            store.flush().await?;
+        }
         let indexer = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || Indexer::new(&config))
@@ -109,6 +162,7 @@ impl Application {
             listener,
             local_addr,
             state,
+            data_dir_lock: None,
         })
     }
 
@@ -129,6 +183,7 @@ impl Application {
     /// grace period, coalesced changes are published and the store is flushed.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) {
         let state = self.state;
+        let data_dir_lock = self.data_dir_lock;
         let shutdown = state.shutdown.clone();
         let (trigger, draining) = (shutdown.clone(), state.draining.clone());
         let drain = std::time::Duration::from_secs(state.config.shutdown_drain_secs);
@@ -174,10 +229,11 @@ impl Application {
             .shutdown(&state.hub, state.config.shutdown_grace())
             .await;
         state.hub.flush_pending();
-        if let Err(error) = state.hub.store().flush().await {
+        if let Err(error) = state.hub.store().close().await {
             tracing::error!(%error, "final store flush failed");
         }
         drop(connection_runtimes);
+        drop(data_dir_lock);
         tracing::info!("stopped");
     }
 }
