@@ -2,7 +2,7 @@
 // keeps the newest snapshot of each task, and wires the forms to the API. Transport lives
 // in transport.js, DOM building in render.js.
 
-import { followAll, followTask, HttpError } from './transport.js';
+import { followAll, followTask, HttpError, isTerminal } from './transport.js';
 import { TaskView, renderConnection, renderHits, showMessage } from './render.js';
 
 const $ = (id) => document.getElementById(id);
@@ -23,8 +23,13 @@ function accept(snapshot) {
   if (focusId && snapshot.task_id !== focusId) return;
   let entry = tasks.get(snapshot.task_id);
   // Snapshots are cumulative: an older or repeated one (list and stream overlap, a
-  // replay after reconnecting) has nothing new.
-  if (entry && Number.isInteger(snapshot.seq) && snapshot.seq <= entry.snapshot.seq) return;
+  // replay after reconnecting) has nothing new. Except an end: a task's terminal
+  // snapshot is its last word whatever its seq, and a card must never say "processing"
+  // once the task is over.
+  if (entry && Number.isInteger(snapshot.seq) && snapshot.seq <= entry.snapshot.seq) {
+    const ends = isTerminal(snapshot.status) && !isTerminal(entry.snapshot.status);
+    if (!ends) return;
+  }
   if (!entry) {
     entry = { view: new TaskView(template, { focused: Boolean(focusId), onCancel: cancel }) };
     tasks.set(snapshot.task_id, entry);

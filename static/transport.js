@@ -23,6 +23,10 @@ const STREAM_ATTEMPTS = 3;
 const LONG_POLL_SECS = 25;
 /** The dashboard has no long poll: it re-reads the task list this often. */
 const LIST_POLL_MS = 2000;
+/** The shortest time between two polls that bring nothing new, whatever the server
+ *  answers: a long poll answered at once (a proxy that ignores the wait, a server that
+ *  says "not modified" at once) must not turn into a tight loop. */
+const MIN_IDLE_POLL_GAP_MS = 1000;
 /** Slack on top of a long poll's wait before the request is abandoned. */
 const REQUEST_SLACK_MS = 10000;
 const BACKOFF_BASE_MS = 500;
@@ -241,6 +245,7 @@ class Follower {
         waitSecs = Math.max(1, Math.min(waitSecs, Math.ceil((this.streamRetryAt - Date.now()) / 1000)));
       }
       let snapshots;
+      const askedAt = Date.now();
       try {
         snapshots = await this.source.poll(this.seq, waitSecs, this.abort.signal);
       } catch (error) {
@@ -266,6 +271,9 @@ class Follower {
       if (this.finished) return;
       failures = 0;
       this.report('poll', 'live');
+      const nothingNew = snapshots.every(
+        (s) => !(Number.isInteger(s?.seq) && s.seq > this.seq) && !isTerminal(s?.status),
+      );
       for (const snapshot of snapshots) this.deliver(snapshot);
       this.handlers.onSynced?.();
       if (this.finished) return;
@@ -286,6 +294,10 @@ class Follower {
       }
       first = false;
       if (this.source.pollPauseMs) await this.sleep(this.source.pollPauseMs);
+      else if (nothingNew) {
+        const idleFor = MIN_IDLE_POLL_GAP_MS - (Date.now() - askedAt);
+        if (idleFor > 0) await this.sleep(idleFor);
+      }
     }
   }
 

@@ -45,6 +45,7 @@ pub async fn poll(
         }
         None => 0.0,
     };
+    let long_poll = query.since.is_some() && wait > 0.0;
     let event = match query.since {
         Some(since) if wait > 0.0 => {
             let hub = &state.hub;
@@ -61,6 +62,12 @@ pub async fn poll(
         }
         _ => state.hub.get(&id).ok_or(ApiError::TaskNotFound)?,
     };
+    // A long poll on a finished task answers its terminal snapshot, never `304`: nothing
+    // will ever change, and a client told "not modified" at once would only ask again
+    // (in a tight loop, if it does not pause). Seeing the end, it stops.
+    if long_poll && event.is_terminal() {
+        return Ok(respond(&event, &HeaderMap::new()));
+    }
     Ok(respond(&event, request.headers()))
 }
 
