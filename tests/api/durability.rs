@@ -131,28 +131,13 @@ async fn quiet_tasks_are_pushed_as_stalled_and_cleared_on_the_next_report() {
 }
 
 /// The real binary, on a data directory, for kill-and-restart tests.
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
-async fn start_server(data: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_progress-hub"))
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--coalesce-ms",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+pub(crate) async fn start_server(data: &std::path::Path) -> Server {
+    let mut child = server_command(data).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let line = within(BufReader::new(stdout).lines().next_line())
         .await
@@ -168,8 +153,28 @@ async fn start_server(data: &std::path::Path) -> Server {
     }
 }
 
+/// The binary on `data` with the flags every test here uses: a free port, no coalescing.
+pub(crate) fn server_command(data: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_progress-hub"));
+    command
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--coalesce-ms",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    command
+}
+
 impl Server {
-    async fn signal(&mut self, signal: &str) -> Option<i32> {
+    pub(crate) async fn signal(&mut self, signal: &str) -> Option<i32> {
         let pid = self.child.id().unwrap().to_string();
         let sent = Command::new("kill")
             .args([signal, &pid])
@@ -180,7 +185,7 @@ impl Server {
         within(self.child.wait()).await.unwrap().code()
     }
 
-    async fn post(&self, client: &reqwest::Client, path: &str, body: Value) -> Value {
+    pub(crate) async fn post(&self, client: &reqwest::Client, path: &str, body: Value) -> Value {
         let response = client
             .post(format!("{}{path}", self.base))
             .json(&body)

@@ -277,6 +277,25 @@ impl SseClient {
         }
     }
 
+    /// Every event that arrives before the stream ends or breaks (a killed server).
+    pub async fn events_until_cut(&mut self) -> Vec<SseFrame> {
+        let mut events = Vec::new();
+        loop {
+            if let Some(end) = find(&self.buffer, b"\n\n") {
+                let raw = self.buffer.split_to(end + 2);
+                let frame = parse_frame(&raw[..end]);
+                if frame.data.is_some() {
+                    events.push(frame);
+                }
+                continue;
+            }
+            match within(self.body.next()).await {
+                Some(Ok(chunk)) => self.buffer.extend_from_slice(chunk.chunk()),
+                Some(Err(_)) | None => return events,
+            }
+        }
+    }
+
     /// Every remaining event until the server ends the stream.
     pub async fn collect_events(&mut self) -> Vec<SseFrame> {
         let mut events = Vec::new();

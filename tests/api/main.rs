@@ -14,6 +14,7 @@ mod limits;
 mod observability;
 mod page;
 mod poll;
+mod promises;
 mod quick_lane;
 mod security;
 mod shutdown;
