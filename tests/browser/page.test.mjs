@@ -286,6 +286,46 @@ test('the page rides out a server restart and shows the final state', { timeout:
   await screenshot(page, '3-restart-completed');
 });
 
+// A server without a durable store (--store memory) comes back empty, and the task is made
+// again, up to the very seq the page holds, and ended: a seq with another meaning, which a
+// durable server never produces. The page must show the end anyway, and its follower must
+// not ask again and again (it once got 304 at once for every long poll, in a tight loop).
+test('a page holding a seq the server reused shows the end and does not spin', { timeout: 90000 }, async (t) => {
+  const dir = await tempDir();
+  t.after(() => dir.remove());
+  const dataDir = join(dir.path, 'data');
+  const extraArgs = ['--store', 'memory', '--coalesce-ms', '0'];
+  let server = await startServer({ dataDir, extraArgs });
+  t.after(() => server.stop());
+  const id = 'reborn';
+  await server.api.createTask({ id, name: 'Made twice', total: 10 });
+  for (let processed = 1; processed <= 4; processed += 1) await server.api.progress(id, { processed });
+
+  const { page, problems } = await newPage(t);
+  const requests = [];
+  page.on('request', (request) => {
+    if (request.url().includes(`/api/index-progress/${id}`)) requests.push(Date.now());
+  });
+  await page.goto(`${server.url}/?task=${id}`);
+  await expectText(page, card(id, '.percent'), '40%', 5000);
+
+  assert.equal(await server.stop(), 0);
+  await expectAttribute(page, '#connection', 'data-state', 'unreachable', 20000);
+  server = await startServer({ dataDir, listen: server.addr, extraArgs });
+  await server.api.createTask({ id, name: 'Made twice', total: 10 });
+  for (let processed = 1; processed <= 3; processed += 1) await server.api.progress(id, { processed });
+  const end = await server.api.complete(id, { results: { files_indexed: 3 } });
+  assert.equal(end.seq, 5, 'the same seq the page holds, with another meaning');
+
+  await expectText(page, card(id, '.status'), 'Completed', 40000);
+  assert.deepEqual(await resultPairs(page, id), [['Files indexed', '3']]);
+  const settledAt = Date.now();
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  const after = requests.filter((at) => at > settledAt).length;
+  assert.ok(after <= 2, `${after} requests for a finished task in 3 s`);
+  assert.deepEqual(problems.filter((p) => !p.includes('Failed to load resource')), []);
+});
+
 test('the form indexes a folder, and the finished index can be searched', {
   timeout: 90000,
 }, async (t) => {
