@@ -88,6 +88,7 @@ pub const REPLAYS: &str = "progress_hub_replays_total";
 pub const TASKS: &str = "progress_hub_tasks";
 pub const LIMIT_REJECTIONS: &str = "progress_hub_limit_rejections_total";
 pub const STORE_WRITE_SECONDS: &str = "progress_hub_store_write_seconds";
+const STORE_UNWRITTEN: &str = "progress_hub_store_unwritten_events";
 pub const PUBLISH_TO_DELIVER_SECONDS: &str = "progress_hub_publish_to_deliver_seconds";
 
 /// Buckets for the publish-to-deliver latency: from 50 µs (an idle server) to 5 s.
@@ -118,6 +119,7 @@ pub struct Metrics {
     replays: Counter,
     tasks: [Gauge; 5],
     store: StoreMetrics,
+    store_unwritten: Gauge,
 }
 
 impl Metrics {
@@ -173,6 +175,11 @@ impl Metrics {
         describe(r, TASKS, "Tasks held, by status.");
         describe(
             r,
+            STORE_UNWRITTEN,
+            "Published changes the store has not written yet (failed writes wait here to be retried).",
+        );
+        describe(
+            r,
             LIMIT_REJECTIONS,
             "Requests turned away by a limit, by limit.",
         );
@@ -204,6 +211,7 @@ impl Metrics {
             store: StoreMetrics {
                 write: histogram(r, key(STORE_WRITE_SECONDS, &[])),
             },
+            store_unwritten: gauge(r, key(STORE_UNWRITTEN, &[])),
             recorder,
         });
         metrics.recorder.handle().run_upkeep();
@@ -253,6 +261,7 @@ impl Metrics {
         for (gauge, count) in self.tasks.iter().zip(counts) {
             gauge.set(count as f64);
         }
+        self.store_unwritten.set(hub.store().unwritten() as f64);
         self.recorder.handle().render()
     }
 }

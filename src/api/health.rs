@@ -27,7 +27,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
     if state.draining.is_cancelled() || state.shutdown.is_triggered() {
         return Err(not_ready("Shutting down"));
     }
-    if !store.is_healthy() {
+    // The same test that producers' writes pass: not ready exactly when they are refused.
+    if state.hub.admit_write().is_err() {
         return Err(not_ready("Task store unavailable"));
     }
     let body = json!({"status": "ready", "store": store.name()}).to_string();

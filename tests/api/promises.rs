@@ -207,6 +207,9 @@ async fn an_ending_the_locked_store_could_not_write_is_kept_and_stored_later() {
             json!({"processed": 1}),
         )
         .await;
+    server
+        .post(&client, "/api/tasks", json!({"id": "other", "total": 9}))
+        .await;
     let url = |path: &str| format!("{}{path}", server.base);
     let ready = |status: StatusCode| {
         let client = client.clone();
@@ -242,7 +245,23 @@ async fn an_ending_the_locked_store_could_not_write_is_kept_and_stored_later() {
         client.get(url("/readyz")).send().await.unwrap().status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
+    let metrics = client.get(url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let unwritten: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("progress_hub_store_unwritten_events "))
+        .expect("the unwritten gauge")
+        .parse()
+        .unwrap();
+    assert!(unwritten >= 1.0, "{unwritten} changes wait");
     // While changes wait unwritten, nothing new is acknowledged.
+    let report = client
+        .post(url("/api/tasks/other/progress"))
+        .json(&json!({"processed": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(report.status(), StatusCode::SERVICE_UNAVAILABLE);
     let refused = client
         .post(url("/api/tasks"))
         .json(&json!({"id": "during"}))
@@ -273,6 +292,11 @@ async fn an_ending_the_locked_store_could_not_write_is_kept_and_stored_later() {
         poll(&client, &server, "during").await,
         json!({"error": "Task not found"}),
         "a refused creation was never made"
+    );
+    assert_eq!(
+        poll(&client, &server, "other").await["processed"],
+        0,
+        "a refused report was never applied"
     );
 }
 
