@@ -89,3 +89,33 @@ async fn help_lists_every_setting() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// The README's configuration table and `--help` list the same flags, so neither drifts.
+#[tokio::test]
+async fn the_readme_lists_every_flag_that_help_lists() {
+    let help = binary().arg("--help").output().await.unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    let flags = |text: &str, line_start: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.trim_start().strip_prefix(line_start))
+            .filter_map(|rest| {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                (!name.is_empty()).then_some(name)
+            })
+            .collect()
+    };
+    let mut in_help = flags(&help, "--");
+    in_help.retain(|f| f != "help" && f != "version");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let in_readme = flags(&readme, "| `--");
+    assert!(!in_help.is_empty());
+    assert_eq!(
+        in_readme, in_help,
+        "README.md's configuration table and `progress-hub --help` disagree"
+    );
+}
