@@ -422,6 +422,41 @@ async fn an_out_of_range_search_limit_is_clamped_and_a_bad_one_named() {
 }
 
 #[tokio::test]
+async fn html_words_split_at_block_elements_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_dir(&tmp);
+    write(
+        &base.join("docs/iter.html"),
+        "<html><body><h1>Struct Range<wbr>Inclusive<wbr>Iter</h1>\
+         <p>An un<b>believ</b>able <code>Iter</code>ator</p><p>ocelot</p><div>margay</div>\
+         </body></html>",
+    );
+    let server = spawn(vec![base.clone()]).await;
+    let done = server
+        .wait_until_finished(&server.start("docs").await)
+        .await;
+    assert_eq!(done["results"]["files_indexed"], 1, "{done}");
+    let file = base.join("docs/iter.html").to_str().unwrap().to_string();
+    for word in [
+        "RangeInclusiveIter",
+        "unbelievable",
+        "Iterator",
+        "ocelot",
+        "margay",
+    ] {
+        assert_eq!(
+            server.hits(word).await,
+            std::slice::from_ref(&file),
+            "{word}"
+        );
+    }
+    for fragment in ["Inclusive", "believ", "ocelotmargay"] {
+        assert!(server.hits(fragment).await.is_empty(), "{fragment}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn reindexing_replaces_the_folder_and_skips_unchanged_files() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base_dir(&tmp);
