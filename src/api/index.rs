@@ -59,7 +59,9 @@ pub async fn index_folder(
 #[derive(Deserialize)]
 pub struct SearchQuery {
     q: Option<String>,
-    limit: Option<usize>,
+    /// Signed, so that a negative limit is clamped like `0` rather than refused as "not
+    /// a number".
+    limit: Option<i64>,
 }
 
 /// With `--protect-reads` searching needs an API token, like the listings: hits show
@@ -79,10 +81,9 @@ pub async fn search(
         )));
     }
     // Like the task listing, an out-of-range limit is brought into range, not refused.
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_SEARCH_LIMIT)
-        .clamp(1, MAX_SEARCH_LIMIT);
+    let limit = query.limit.map_or(DEFAULT_SEARCH_LIMIT, |limit| {
+        limit.clamp(1, MAX_SEARCH_LIMIT as i64) as usize
+    });
     let results = state
         .indexer
         .search(q, limit)

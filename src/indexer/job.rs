@@ -179,14 +179,23 @@ impl Job<'_> {
             return JobEnd::Failed(error);
         }
         // The indexing threads catch up with their queue; the files count as processed as
-        // they do.
+        // they do. A report goes out only when that count moves; while it stands still the
+        // writer is checked, since a dead indexing thread would leave it standing forever.
         tally.fill(&mut progress);
+        let mut reported = None;
         while !self.cancel.is_cancelled() {
-            progress.processed = accounted - session.pending();
-            if reporter.progress(Stage::Indexing, &progress).is_err() {
-                self.cancel.cancel();
+            let processed = accounted - session.pending();
+            if reported != Some(processed) {
+                reported = Some(processed);
+                progress.processed = processed;
+                if reporter.progress(Stage::Indexing, &progress).is_err() {
+                    self.cancel.cancel();
+                }
+            } else if let Err(error) = session.check() {
+                session.rollback();
+                return JobEnd::Failed(format!("index writer failed: {error}"));
             }
-            if progress.processed == accounted {
+            if processed == accounted {
                 break;
             }
             std::thread::sleep(REPORT_EVERY);

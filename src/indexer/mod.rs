@@ -174,10 +174,7 @@ impl Indexer {
             _ = cancel.cancelled() => return JobEnd::Stopped,
         };
         let this = self.clone();
-        let mut reporter = HubReporter {
-            hub: hub.clone(),
-            task_id: id.clone(),
-        };
+        let mut reporter = HubReporter::new(hub.clone(), id.clone());
         let cancel = cancel.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _slot = slot;

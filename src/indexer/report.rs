@@ -35,7 +35,7 @@ impl Stage {
 }
 
 /// The job's state at one report.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Files accounted for so far (in any way: indexed, unchanged, skipped, failed).
     pub processed: u64,
@@ -75,14 +75,31 @@ impl Report for Silent {
 }
 
 /// Reports to a task of the hub. A task that was finished from outside (cancelled
-/// through the API) answers `Finished`, which stops the job.
+/// through the API) answers `Finished`, which stops the job. A report equal to the last
+/// one sent is not sent again: it would only republish the same snapshot under a new seq.
 pub struct HubReporter {
-    pub hub: Hub,
-    pub task_id: TaskId,
+    hub: Hub,
+    task_id: TaskId,
+    last_sent: Option<(Stage, Progress)>,
 }
 
 impl HubReporter {
-    fn send(&self, stage: Stage, p: &Progress) -> Result<(), Stopped> {
+    pub fn new(hub: Hub, task_id: TaskId) -> HubReporter {
+        HubReporter {
+            hub,
+            task_id,
+            last_sent: None,
+        }
+    }
+
+    fn send(&mut self, stage: Stage, p: &Progress) -> Result<(), Stopped> {
+        if self
+            .last_sent
+            .as_ref()
+            .is_some_and(|(s, last)| *s == stage && last == p)
+        {
+            return Ok(());
+        }
         let update = ProgressUpdate {
             processed: Some(p.processed),
             total: Some(p.total),
@@ -99,7 +116,10 @@ impl HubReporter {
             })),
         };
         match self.hub.progress(&self.task_id, update) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.last_sent = Some((stage, p.clone()));
+                Ok(())
+            }
             Err(HubError::Finished(_) | HubError::NotFound) => Err(Stopped),
             Err(error) => {
                 // A store hiccup must not kill the job; the next report carries it all.
@@ -118,5 +138,44 @@ impl Report for HubReporter {
 
     fn progress(&mut self, stage: Stage, progress: &Progress) -> Result<(), Stopped> {
         self.send(stage, progress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::hub::{HubConfig, NewTask};
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn an_unchanged_report_is_not_published_again() {
+        let config = HubConfig {
+            coalesce: std::time::Duration::ZERO,
+            ..HubConfig::default()
+        };
+        let hub = Hub::new(config, Arc::new(MemoryStore::new(16))).unwrap();
+        let created = hub.create(NewTask::default()).unwrap();
+        let task_id = created.task_id().clone();
+        let mut reporter = HubReporter::new(hub.clone(), task_id.clone());
+        let seq = || hub.get(&task_id).unwrap().seq();
+        let mut progress = Progress {
+            total: 10,
+            processed: 1,
+            ..Progress::default()
+        };
+        reporter.progress(Stage::Indexing, &progress).unwrap();
+        let first = seq();
+        for _ in 0..20 {
+            reporter.progress(Stage::Indexing, &progress).unwrap();
+        }
+        assert_eq!(seq(), first, "the same report republished");
+        progress.processed = 2;
+        reporter.progress(Stage::Indexing, &progress).unwrap();
+        assert_eq!(seq(), first + 1);
+        // A new stage with the same figures is news.
+        reporter.stage(Stage::Committing, &progress).unwrap();
+        assert_eq!(seq(), first + 2);
     }
 }

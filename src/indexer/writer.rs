@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tantivy::indexer::UserOperation;
 use tantivy::schema::Document;
 use tantivy::{IndexWriter, TantivyDocument};
 
@@ -38,12 +39,48 @@ impl<'a> WriteSession<'a> {
     /// Queues the replacement of `doc.path`'s document (visible at the next commit).
     pub fn put(&mut self, doc: &NewDocument<'_>) -> Result<(), IndexError> {
         self.delete(doc.path);
-        self.writer.add_document(TrackedDocument {
+        let queued = self.writer.add_document(TrackedDocument {
             document: self.index.document(doc),
             taken_in: self.taken_in.clone(),
-        })?;
+        });
+        if queued.is_err() {
+            return Err(self.cause_of_failure());
+        }
         self.queued += 1;
         Ok(())
+    }
+
+    /// Whether tantivy's indexing threads still work; the error that stopped them if not.
+    ///
+    /// A thread that hits an I/O error (a full disk) exits, and the documents still queued
+    /// for it are never taken in: [`WriteSession::pending`] then stays above zero for good.
+    /// tantivy notices the dead thread only when something is sent to the writer, so this
+    /// sends the cheapest thing there is, a delete that matches no document (no document
+    /// has an empty path).
+    pub fn check(&mut self) -> Result<(), IndexError> {
+        let probe = UserOperation::Delete(self.index.path_term(""));
+        match self.writer.run([probe]) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.cause_of_failure()),
+        }
+    }
+
+    /// The error of the indexing thread that died, rather than tantivy's generic "the
+    /// index writer was killed": preparing a commit joins the indexing threads and returns
+    /// the first one's error. The session must be rolled back afterwards.
+    fn cause_of_failure(&mut self) -> IndexError {
+        match self.writer.prepare_commit() {
+            Err(error) => error.into(),
+            Ok(prepared) => {
+                // Not expected once the writer refused work; never commit half a job.
+                if let Err(error) = prepared.abort() {
+                    tracing::warn!(%error, "index rollback failed");
+                }
+                IndexError::Tantivy(tantivy::TantivyError::ErrorInThread(
+                    "the index writer stopped".to_string(),
+                ))
+            }
+        }
     }
 
     /// Queues the removal of the document of `path`.

@@ -370,6 +370,93 @@ async fn search_rejects_bad_queries_with_the_parsers_message() {
 }
 
 #[tokio::test]
+async fn an_out_of_range_search_limit_is_clamped_and_a_bad_one_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_dir(&tmp);
+    for i in 0..3 {
+        write(
+            &base.join(format!("docs/{i}.txt")),
+            format!("serval number {i}"),
+        );
+    }
+    let server = spawn(vec![base.clone()]).await;
+    let done = server
+        .wait_until_finished(&server.start("docs").await)
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    for (limit, returned) in [
+        ("-5", 1),
+        ("0", 1),
+        ("2", 2),
+        ("1000", 3),
+        ("-99999999999", 1),
+    ] {
+        let response = server
+            .app
+            .client
+            .get(server.app.url("/api/search"))
+            .query(&[("q", "serval"), ("limit", limit)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "limit={limit}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["total_hits"], 3, "limit={limit}: {body}");
+        assert_eq!(
+            body["hits"].as_array().unwrap().len(),
+            returned,
+            "limit={limit}"
+        );
+    }
+    let response = server
+        .app
+        .client
+        .get(server.app.url("/api/search?q=serval&limit=many"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn html_words_split_at_block_elements_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_dir(&tmp);
+    write(
+        &base.join("docs/iter.html"),
+        "<html><body><h1>Struct Range<wbr>Inclusive<wbr>Iter</h1>\
+         <p>An un<b>believ</b>able <code>Iter</code>ator</p><p>ocelot</p><div>margay</div>\
+         </body></html>",
+    );
+    let server = spawn(vec![base.clone()]).await;
+    let done = server
+        .wait_until_finished(&server.start("docs").await)
+        .await;
+    assert_eq!(done["results"]["files_indexed"], 1, "{done}");
+    let file = base.join("docs/iter.html").to_str().unwrap().to_string();
+    for word in [
+        "RangeInclusiveIter",
+        "unbelievable",
+        "Iterator",
+        "ocelot",
+        "margay",
+    ] {
+        assert_eq!(
+            server.hits(word).await,
+            std::slice::from_ref(&file),
+            "{word}"
+        );
+    }
+    for fragment in ["Inclusive", "believ", "ocelotmargay"] {
+        assert!(server.hits(fragment).await.is_empty(), "{fragment}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn reindexing_replaces_the_folder_and_skips_unchanged_files() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base_dir(&tmp);

@@ -10,6 +10,7 @@ mod binary;
 mod durability;
 mod errors;
 mod indexer;
+mod indexer_disk_full;
 mod limits;
 mod observability;
 mod page;

@@ -1,7 +1,11 @@
 //! HTML: the text of the page as a reader sees it. Only html5ever's tokenizer runs (no
-//! tree is built): character data is kept, tags become word breaks, and the contents of
-//! `script`, `style` and similar raw-text elements are dropped. Entities are decoded by
-//! the tokenizer.
+//! tree is built): character data is kept, and the contents of `script`, `style` and
+//! similar raw-text elements are dropped. Entities are decoded by the tokenizer.
+//!
+//! Words break where a browser breaks them: at block elements (`p`, `div`, `td`, `li`,
+//! `br`, ...) but not at inline ones, so `un<b>believ</b>able` and the Rust docs'
+//! `Range<wbr>Inclusive<wbr>Iter` stay one word each. Any element not known to be inline
+//! breaks, since gluing two words is worse than splitting one.
 
 use std::cell::RefCell;
 
@@ -14,6 +18,14 @@ use html5ever::tokenizer::{
 /// Elements whose content is not text for a reader.
 const HIDDEN: &[&str] = &[
     "script", "style", "noscript", "template", "iframe", "noembed", "noframes", "xmp",
+];
+
+/// Elements that do not interrupt the flow of text (HTML's phrasing content that holds
+/// text, and the old presentational tags).
+const INLINE: &[&str] = &[
+    "a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "data", "del", "dfn", "em", "font", "i",
+    "ins", "kbd", "mark", "nobr", "q", "rb", "rp", "rt", "ruby", "s", "samp", "small", "span",
+    "strike", "strong", "sub", "sup", "time", "tt", "u", "var", "wbr",
 ];
 
 struct TextSink {
@@ -54,10 +66,12 @@ impl TokenSink for TextSink {
                     TagKind::EndTag if hidden.as_deref() == Some(name) => *hidden = None,
                     _ => {}
                 }
-                // Any tag may separate words (`<td>a</td><td>b</td>`).
-                let mut out = self.out.borrow_mut();
-                if !out.ends_with(char::is_whitespace) && !out.is_empty() {
-                    out.push(' ');
+                // Block elements separate words (`<td>a</td><td>b</td>`); inline ones not.
+                if !INLINE.contains(&name) {
+                    let mut out = self.out.borrow_mut();
+                    if !out.ends_with(char::is_whitespace) && !out.is_empty() {
+                        out.push(' ');
+                    }
                 }
             }
             _ => {}
@@ -90,5 +104,30 @@ mod tests {
         );
         let words: Vec<&str> = text.split_whitespace().collect();
         assert_eq!(words, ["T&C", "Hello", "world", "a", "b"]);
+    }
+
+    #[test]
+    fn inline_elements_keep_words_whole_and_blocks_split_them() {
+        let text = super::to_text(
+            "<p>Range<wbr>Inclusive<wbr>Iter is un<b>believ</b>able, <a href=x>link</a>ed              and <SPAN>x</SPAN><em>y</em></p><p>next</p><div>block</div>line<br>break             <ul><li>one</li><li>two</li></ul>",
+        );
+        let words: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(
+            words,
+            [
+                "RangeInclusiveIter",
+                "is",
+                "unbelievable,",
+                "linked",
+                "and",
+                "xy",
+                "next",
+                "block",
+                "line",
+                "break",
+                "one",
+                "two"
+            ]
+        );
     }
 }
