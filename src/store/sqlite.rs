@@ -45,6 +45,11 @@ const IDLE_AFTER: Duration = Duration::from_secs(1);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// How long a write waits for another process's lock on the file before it counts as
+/// failed. Short, since a failed batch is kept and tried again: the store is reported
+/// unhealthy (and producers' writes are refused) a second into an outage, not later.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Attempts at the last batch when the store closes, before what is left is given up.
 const CLOSE_ATTEMPTS: u32 = 3;
 
@@ -194,7 +199,7 @@ impl SqliteStore {
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(Duration::from_secs(5))
+    conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(unavailable)?;
     // WAL: readers never block the writer. NORMAL: a commit survives the process dying
     // at any point; only a power loss can take the last commits with it.
