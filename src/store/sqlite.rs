@@ -103,6 +103,8 @@ struct Pending {
     recorded: u64,
     /// Record a clean stop with this batch (see [`Store::close`]).
     mark_clean: bool,
+    /// The writer thread has ended (it only does when closing, or if it panicked).
+    writer_gone: bool,
 }
 
 impl Pending {
@@ -199,8 +201,7 @@ impl SqliteStore {
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(unavailable)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     // WAL: readers never block the writer. NORMAL: a commit survives the process dying
     // at any point; only a power loss can take the last commits with it.
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -321,7 +322,18 @@ impl Store for SqliteStore {
 
     fn flush(&self) -> FlushFuture {
         let (tx, rx) = oneshot::channel();
-        self.pending().waiters.push(tx);
+        {
+            let mut pending = self.pending();
+            // Nobody would ever answer: the writer thread is gone.
+            if pending.writer_gone {
+                return Box::pin(async {
+                    Err(StoreError::Unavailable(
+                        "the store's writer stopped".to_string(),
+                    ))
+                });
+            }
+            pending.waiters.push(tx);
+        }
         self.shared.wake.notify_one();
         Box::pin(async move {
             rx.await
@@ -363,7 +375,28 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Marks the store failed for good when the writer thread ends, however it ends, and
+/// answers every flush still waiting, so that none waits forever for a dead thread.
+struct WriterGone<'a>(&'a Shared);
+
+impl Drop for WriterGone<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.0.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.writer_gone = true;
+        if std::thread::panicking() {
+            tracing::error!("the store's writer thread died; the store takes no more writes");
+            self.0.healthy.store(false, Ordering::Relaxed);
+        }
+        for waiter in std::mem::take(&mut pending.waiters) {
+            let _ = waiter.send(Err(StoreError::Unavailable(
+                "the store's writer stopped".to_string(),
+            )));
+        }
+    }
+}
+
 fn write_loop(mut conn: Connection, shared: &Shared) {
+    let _gone = WriterGone(shared);
     // Set while a failed batch waits to be tried again: when, and the pause after the next
     // failure.
     let mut retry: Option<(Instant, Duration)> = None;
@@ -416,7 +449,15 @@ fn write_loop(mut conn: Connection, shared: &Shared) {
         };
         let unmark = marked_clean && !batch.events.is_empty() && !batch.mark_clean;
         let started = Instant::now();
-        let result = write_batch(&mut conn, &batch, shared.history_len, unmark);
+        // A panic inside a write is a failed write: the batch is kept, the thread lives.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_batch(&mut conn, &batch, shared.history_len, unmark)
+        }))
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "a store write panicked".to_string(),
+            ))
+        });
         let took = started.elapsed();
         if let Some(metrics) = shared.metrics.get() {
             metrics.record_write(took);
@@ -701,5 +742,36 @@ mod tests {
         }
         let store = SqliteStore::open(dir.path(), 8).unwrap();
         assert!(!store.clean_start());
+    }
+
+    #[tokio::test]
+    async fn a_writer_thread_that_dies_answers_every_flush_and_fails_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        // A store whose writer is a thread that panics: what a bug in it would do.
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            healthy: AtomicBool::new(true),
+            unwritten: AtomicU64::new(0),
+            history_len: 8,
+            stats: WriteStats::default(),
+            metrics: std::sync::OnceLock::new(),
+        });
+        let store = SqliteStore {
+            path: dir.path().join(FILE_NAME),
+            shared: shared.clone(),
+            writer: Mutex::new(None),
+            clean_start: true,
+        };
+        let waiting = store.flush();
+        let died = std::thread::spawn(move || {
+            let _gone = WriterGone(&shared);
+            panic!("a bug in the writer");
+        })
+        .join();
+        assert!(died.is_err());
+        assert!(waiting.await.is_err(), "the waiting flush is answered");
+        assert!(!store.is_healthy());
+        assert!(store.flush().await.is_err(), "and so is every later one");
     }
 }
