@@ -15,13 +15,13 @@ use crate::helpers::{spawn_app_with, within, SseClient, TestApp};
 
 /// A tmpfs mounted on a temporary folder, unmounted when dropped (also when the test
 /// fails half-way: lazily, since the server may still hold files open on it).
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     mountpoint: TempDir,
 }
 
 impl Tmpfs {
     /// `None` when mounting is not allowed (not root).
-    fn mount(size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(size: &str) -> Option<Tmpfs> {
         let mountpoint = tempfile::tempdir().unwrap();
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -31,7 +31,7 @@ impl Tmpfs {
         mounted.then_some(Tmpfs { mountpoint })
     }
 
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.mountpoint.path().to_path_buf()
     }
 

@@ -337,3 +337,67 @@ async fn a_long_poll_on_a_finished_task_answers_its_end_instead_of_not_modified(
         .unwrap();
     assert_eq!(plain.status(), StatusCode::NOT_MODIFIED);
 }
+
+/// The data directory on a small tmpfs, filled up: the ending's write fails for want of
+/// space. Shown, so kept and written once there is room again, whatever happens next.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_ending_a_full_disk_could_not_write_is_kept_and_stored_later() {
+    use std::io::Write;
+    let Some(disk) = crate::indexer_disk_full::Tmpfs::mount("4m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let data = disk.path().join("data");
+    let client = reqwest::Client::new();
+    let mut server = start_server(&data).await;
+    server
+        .post(&client, "/api/tasks", json!({"id": "full", "total": 1}))
+        .await;
+    let url = |path: &str| format!("{}{path}", server.base);
+
+    let filler_path = disk.path().join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    let chunk = vec![0x5a_u8; 16 * 1024];
+    while filler
+        .write_all(&chunk)
+        .and_then(|_| filler.sync_data())
+        .is_ok()
+    {}
+    drop(filler);
+
+    // Results big enough that the write needs new pages on the full disk.
+    let results = json!({"report": "x".repeat(48 * 1024)});
+    let ended = client
+        .post(url("/api/tasks/full/complete"))
+        .json(&json!({ "results": results }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let shown = poll(&client, &server, "full").await;
+    assert_eq!(shown["status"], "completed");
+    let ready = client.get(url("/readyz")).send().await.unwrap().status();
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
+
+    std::fs::remove_file(&filler_path).unwrap();
+    within(async {
+        while client.get(url("/readyz")).send().await.unwrap().status() != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let retried = client
+        .post(url("/api/tasks/full/complete"))
+        .json(&json!({ "results": results }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), StatusCode::OK);
+
+    server.signal("-KILL").await;
+    let server = start_server(&data).await;
+    let after = poll(&client, &server, "full").await;
+    assert_eq!(after, shown);
+    assert_eq!(after["results"], results);
+}
