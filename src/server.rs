@@ -66,7 +66,7 @@ pub async fn serve(
         // Head and body copied into one buffer and sent with one `write`, rather than
         // queued as separate buffers for `writev`: our answers are small (a poll is a few
         // hundred bytes), and the copy costs less than hyper's buffer queue (measured on
-        // the poll route, see BENCHMARKS.md). Event streams leave hyper after their head.
+        // the poll route: docs/design/quick-lane.md). Event streams leave hyper after their head.
         .writev(false);
     let connections = TaskTracker::new();
     let runtimes = &options.connection_runtimes;
@@ -210,8 +210,9 @@ impl Connection {
 }
 
 /// Single-threaded runtimes, one per core, that HTTP connections are spread over. On the
-/// work-stealing runtime a request's wake-ups crossed threads (parking and unparking the
-/// other worker was about 12 % of the poll profile); here a connection's socket, timer and
+/// work-stealing runtime a request's wake-ups crossed threads, and parking and unparking
+/// the other worker was a visible share of the poll profile
+/// (docs/design/connection-runtimes.md); here a connection's socket, timer and
 /// tasks stay on one thread. Handlers' own spawns (an indexing job)
 /// run there too, so the runtimes live as long as the application, not just the accept
 /// loop: dropping this stops them.

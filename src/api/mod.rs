@@ -41,8 +41,8 @@ use crate::telemetry::Metrics;
 /// What every handler can reach: one shared [`Shared`] behind an `Arc`.
 ///
 /// axum clones the state for every request (once to route it, once per `State`
-/// extractor). Cloning the fields one by one cost about 9 % of the server's CPU under a
-/// polling load (profiled with `perf`): two `CancellationToken` clones and drops each take
+/// extractor). Cloning the fields one by one was a visible share of the server's CPU under
+/// a polling load (docs/design/quick-lane.md): two `CancellationToken` clones and drops each take
 /// the token tree's mutex, and every other field is an atomic increment. One `Arc` is one
 /// atomic increment.
 #[derive(Clone)]

@@ -180,8 +180,8 @@ impl FanOut {
 /// bulk work that can saturate every core: with 10,000 subscribers at 100 events/s, a
 /// producer's request or a poll otherwise waits for a core behind it. A third rather
 /// than a tenth (nice 10): the fan-out must still keep up beside an indexing job's
-/// threads. The measured effect is small next to the noise of a shared 2-core machine
-/// (BENCHMARKS.md). Other processes are not affected.
+/// threads. Other processes are not affected. What it measured, and why scheduling
+/// settings like this one are to go: docs/design/scheduling-experiments.md.
 const FAN_OUT_NICE: i32 = 5;
 
 /// Runs on each fan-out thread as it starts. On Linux the nice value is a per-thread
@@ -668,15 +668,14 @@ impl Shared {
             // Runs on the main runtime, not the fan-out one, although the streams it
             // serves live there: a relay spawned there queued behind the thousands of
             // stream tasks it had just woken, and every event waited a whole fan-out
-            // round (10,000 subscribers at 100/s: delivery p50 265-371 ms against
-            // 85-123 ms). Its writes to sinks do run there, split over the fan-out
-            // threads.
+            // round (docs/design/relay-and-fan-out.md). Its writes to sinks do run
+            // there, split over the fan-out threads.
             let relay = relay(cell, self.fan_out_spread());
             match tokio::runtime::Handle::try_current() {
                 // Started only once the publishing task yields, i.e. after a producer's
                 // request has been answered: woken at once, the relay (and the readers
-                // it wakes) took the core from the answer, whose p99 was then 4.5-6.7
-                // ms instead of 0.5-0.9 ms (10,000 subscribers at 10/s).
+                // it wakes) took the core from the answer and multiplied its p99
+                // (docs/design/relay-and-fan-out.md).
                 Ok(current) => {
                     let start = SpawnOnDrop(Some((self.runtime.clone(), relay)));
                     current.spawn(async move { drop(start) });
@@ -782,9 +781,8 @@ const CATCH_UP_MAX: usize = 16;
 /// it. A producer's request or a poll woken on that core then waits for at most this many
 /// writes (about 0.5 ms), not for the rest of the fan-out thread's time slice, which the
 /// scheduler protects even from a thread of higher priority. When nothing waits, the call
-/// returns at once. 10,000 subscribers at 100 events/s, 6 alternating rounds: publish
-/// acknowledgement p99 1.5-2.5 ms against 2.2-4.3 ms, delivery p50 2-4 ms lower, less CPU
-/// (BENCHMARKS.md item 22).
+/// returns at once. What it bought, and why it is to be replaced by design rather than
+/// scheduling: docs/design/scheduling-experiments.md.
 const YIELD_CORE_EVERY: usize = 64;
 
 /// Delivers to `sinks[range]`. A round over thousands of sinks takes milliseconds, and

@@ -1,8 +1,8 @@
 //! Subscribers that the relay hands events to directly, instead of waking a task of theirs.
 //!
 //! Waking a waiting stream task per subscriber per event, and that task polling its way
-//! back to the socket, was about a third of the server's CPU per delivered event with
-//! 10,000 subscribers (perf, BENCHMARKS.md). A [`Sink`] is called by the relay itself,
+//! back to the socket, was a large share of the server's CPU per delivered event with
+//! many subscribers (docs/design/relay-direct-writers.md). A [`Sink`] is called by the relay itself,
 //! with each batch of live events in order; an SSE stream's sink writes straight to its
 //! socket when that takes the bytes at once, and only wakes its task when it does not.
 //!

@@ -167,10 +167,9 @@ impl TaskState {
                 // the relay takes its next batch only the newest events wait, as many as
                 // a round hands each subscriber in one write: a lagging relay skips to
                 // the newest snapshots, as a lagging subscriber does. Keeping a whole
-                // outbox of skipped-over events only made every round longer (publisher
-                // flat out, 10,000 subscribers: 128 events per subscriber per round,
-                // rounds of half a second, delivery p50 0.8 s). The terminal event is
-                // always the newest, so it is never the one dropped.
+                // outbox of skipped-over events only made every round longer
+                // (docs/design/relay-and-fan-out.md). The terminal event is always the
+                // newest, so it is never the one dropped.
                 let keep = if self.outbox_overflowed {
                     CATCH_UP_MAX.min(outbox_len.max(1))
                 } else {

@@ -31,9 +31,9 @@ use crate::hub::{Event, TaskId};
 
 /// How often the writer commits what is pending while events keep coming, unless a flush
 /// asks sooner. It used to be woken by every report and commit it at once: that ran on
-/// the producer's core right as its request was being answered, and took the
-/// acknowledgement's p99 from 0.2 ms to 2-4 ms (1,000 subscribers at 100 reports/s).
-/// A crash loses at most this much non-terminal progress, which the next report restores.
+/// the producer's core right as its request was being answered, and multiplied the
+/// acknowledgement's p99 (docs/design/sqlite-writer.md). A crash loses at most this much
+/// non-terminal progress, which the next report restores; its seqs are skipped past.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// After this long with nothing to write the writer stops ticking and sleeps until the

@@ -84,8 +84,8 @@ struct Args {
     /// Reads after which a worker gives up its core to whatever else waits for it
     /// (`sched_yield`; 0: never). The workers stand in for clients on other machines;
     /// sharing the server's cores, a worker otherwise reads on for its whole time slice
-    /// (several ms) while a server thread woken on its core waits. 256 reads take about
-    /// 1.5 ms and leave delivery unchanged (BENCHMARKS.md item 23).
+    /// while a server thread woken on its core waits (docs/design/load-tool.md). Real
+    /// clients do not cooperate like this: 0 is the plain mode.
     #[arg(long, default_value_t = 256)]
     worker_yield: u32,
     /// A name for the run, copied into the summary.
