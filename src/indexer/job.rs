@@ -326,7 +326,7 @@ impl Job<'_> {
         let stamp = FileStamp {
             size: bytes.len() as u64,
             mtime_ns: mtime_ns(&meta),
-            hash: xxhash_rust::xxh3::xxh3_64(&bytes),
+            hash: xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, extract::EXTRACTION_VERSION),
         };
         if stamps.get(&*entry.path.to_string_lossy()) == Some(&stamp) {
             return FileOutcome::Unchanged(stamp);

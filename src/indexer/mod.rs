@@ -3,7 +3,7 @@
 //! - [`roots`]: which folders may be read, and how a requested folder is resolved.
 //! - [`walk`]: the counting walk (ignore files, hidden files, symlinks).
 //! - [`extract`]: text extraction, one module per format.
-//! - [`index`]: the tantivy index on disk, and search.
+//! - [`index`]: the tantivy index on disk, and search; [`tokenizer`] cuts text into words.
 //! - [`job`]: one run over one folder, on blocking threads, reporting through [`report`].
 //! - [`cli`]: the same job from the command line, with a progress bar.
 //!
@@ -18,6 +18,7 @@ pub mod job;
 pub mod report;
 pub mod results;
 pub mod roots;
+pub mod tokenizer;
 pub mod walk;
 pub mod writer;
 

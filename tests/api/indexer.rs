@@ -457,6 +457,71 @@ async fn html_words_split_at_block_elements_only() {
 }
 
 #[tokio::test]
+async fn chinese_and_japanese_words_are_found_inside_sentences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_dir(&tmp);
+    let ja = base.join("docs/ja.txt");
+    write(
+        &ja,
+        "自動採点システムを使うと、マークシート形式の選択式問題を評定できます。\
+         答案用紙をスキャンして、成績を自動的に計算します。",
+    );
+    let zh = base.join("docs/zh.html");
+    write(
+        &zh,
+        "<p>这是一个自动评分系统的说明，支持<b>多项</b>选择题。</p>",
+    );
+    // Latin text keeps its words and its ranking: more mentions rank first.
+    let en_many = base.join("docs/en-many.txt");
+    write(&en_many, "grading grading grading with answer sheets");
+    let en_once = base.join("docs/en-once.txt");
+    write(
+        &en_once,
+        "automatic grading of multiple choice questions and more words",
+    );
+    let server = spawn(vec![base.clone()]).await;
+    let done = server
+        .wait_until_finished(&server.start("docs").await)
+        .await;
+    assert_eq!(done["results"]["files_indexed"], 4, "{done}");
+
+    let ja_path = ja.to_str().unwrap().to_string();
+    for word in [
+        "選択式",
+        "評定",
+        "自動採点",
+        "マークシート",
+        "式",
+        "自動採点 マークシート",
+    ] {
+        assert_eq!(
+            server.hits(word).await,
+            std::slice::from_ref(&ja_path),
+            "{word}"
+        );
+    }
+    let zh_path = zh.to_str().unwrap().to_string();
+    for word in ["评分", "自动评分系统", "多项选择题"] {
+        assert_eq!(
+            server.hits(word).await,
+            std::slice::from_ref(&zh_path),
+            "{word}"
+        );
+    }
+    // The characters must stand together, in this order.
+    for word in ["採点式", "定評", "シートマーク"] {
+        assert!(server.hits(word).await.is_empty(), "{word}");
+    }
+    let (_, found) = server.search("評定").await;
+    let snippet = found["hits"][0]["snippet"].as_str().unwrap();
+    assert!(snippet.contains("<b>評定</b>"), "{snippet}");
+
+    let en = [en_many, en_once].map(|p| p.to_str().unwrap().to_string());
+    assert_eq!(server.hits("grading").await, en);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn reindexing_replaces_the_folder_and_skips_unchanged_files() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base_dir(&tmp);

@@ -218,6 +218,12 @@ pub fn extract(
     })
 }
 
+/// Changes whenever the same bytes would be indexed differently (an extractor or the
+/// tokenizer changed). It seeds the content hash of each file's stamp, so that after an
+/// upgrade the next job reads every file again instead of keeping documents made the old
+/// way as "unchanged".
+pub const EXTRACTION_VERSION: u64 = 1;
+
 /// Threads whose names start with this run extractions (see [`quiet_parser_panics`]).
 pub const EXTRACTION_THREAD_PREFIX: &str = "index-extract";
 
