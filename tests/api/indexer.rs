@@ -17,8 +17,8 @@ use crate::helpers::{spawn_app_with, task_id, within, SseClient, TestApp};
 use crate::pdf_fixture::{minimal_pdf, pdf_from_objects, pdf_objects};
 
 /// A server whose index root(s) are given and whose data directory is its own.
-struct Server {
-    app: TestApp,
+pub(crate) struct Server {
+    pub(crate) app: TestApp,
     _data: TempDir,
 }
 
@@ -26,7 +26,7 @@ async fn spawn(roots: Vec<PathBuf>) -> Server {
     spawn_with(roots, |_| {}).await
 }
 
-async fn spawn_with(
+pub(crate) async fn spawn_with(
     roots: Vec<PathBuf>,
     tweak: impl FnOnce(&mut Config) + Send + 'static,
 ) -> Server {
@@ -53,7 +53,7 @@ impl Server {
     }
 
     /// Starts a job and returns its task id.
-    async fn start(&self, folder: impl Into<Value>) -> String {
+    pub(crate) async fn start(&self, folder: impl Into<Value>) -> String {
         let response = self.index(folder).await;
         assert_eq!(response.status(), 202);
         let body: Value = response.json().await.unwrap();
@@ -77,7 +77,7 @@ impl Server {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
-    async fn hits(&self, q: &str) -> Vec<String> {
+    pub(crate) async fn hits(&self, q: &str) -> Vec<String> {
         let (status, body) = self.search(q).await;
         assert_eq!(status, 200, "{body}");
         body["hits"]
@@ -89,7 +89,7 @@ impl Server {
     }
 
     /// Long-polls the task until it is terminal; returns its last snapshot.
-    async fn wait_until_finished(&self, id: &str) -> Value {
+    pub(crate) async fn wait_until_finished(&self, id: &str) -> Value {
         self.wait_until_finished_reading_with(id, "").await
     }
 
@@ -122,7 +122,7 @@ impl Server {
         task["status"].clone()
     }
 
-    async fn stop(self) -> Hub {
+    pub(crate) async fn stop(self) -> Hub {
         let hub = self.app.hub.clone();
         self.app.stop().await;
         hub
@@ -130,10 +130,10 @@ impl Server {
 }
 
 /// The `/api/events` stream, as (event name, data) pairs.
-struct Events(SseClient);
+pub(crate) struct Events(SseClient);
 
 impl Events {
-    async fn open(server: &Server) -> Events {
+    pub(crate) async fn open(server: &Server) -> Events {
         let response = server.app.sse("/api/events", None).await;
         assert_eq!(response.status(), 200);
         Events(SseClient::new(response))
@@ -145,7 +145,7 @@ impl Events {
     }
 
     /// Events of task `id` up to and including its terminal one.
-    async fn until_finished(&mut self, id: &str) -> Vec<(String, Value)> {
+    pub(crate) async fn until_finished(&mut self, id: &str) -> Vec<(String, Value)> {
         let mut seen = Vec::new();
         loop {
             let (name, data) = self.next().await;
@@ -161,7 +161,7 @@ impl Events {
     }
 
     /// The first event of task `id` that satisfies `condition`.
-    async fn until(&mut self, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&mut self, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
         loop {
             let (_, data) = self.next().await;
             if data["task_id"] == id && condition(&data) {
@@ -194,7 +194,7 @@ fn minimal_docx(paragraphs: &[&str]) -> Vec<u8> {
     zip.finish().unwrap().into_inner()
 }
 
-fn write(path: &Path, contents: impl AsRef<[u8]>) {
+pub(crate) fn write(path: &Path, contents: impl AsRef<[u8]>) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, contents).unwrap();
 }
@@ -246,7 +246,7 @@ fn document_folder(base: &Path) -> PathBuf {
     docs
 }
 
-fn base_dir(tmp: &TempDir) -> PathBuf {
+pub(crate) fn base_dir(tmp: &TempDir) -> PathBuf {
     std::fs::canonicalize(tmp.path()).unwrap()
 }
 
@@ -634,7 +634,7 @@ async fn folders_outside_the_roots_are_refused_whether_or_not_they_exist() {
 }
 
 /// Thousands of small files: enough for the job to be mid-way when the cancel lands.
-fn many_files(folder: &Path, count: usize, word: &str) {
+pub(crate) fn many_files(folder: &Path, count: usize, word: &str) {
     std::fs::create_dir_all(folder).unwrap();
     let filler = "lorem ipsum dolor sit amet ".repeat(40);
     for i in 0..count {

@@ -20,6 +20,8 @@ use std::sync::Once;
 
 use tokio_util::sync::CancellationToken;
 
+use super::in_flight::FileProgress;
+
 /// The formats the indexer reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -202,18 +204,19 @@ pub struct Limits {
 }
 
 /// Extracts the text of a file whose format is known. `cancel` is checked inside long
-/// extractions (page by page for PDF).
+/// extractions (page by page for PDF), which report their pages to `progress`.
 pub fn extract(
     format: Format,
     bytes: &[u8],
     limits: Limits,
     cancel: &CancellationToken,
+    progress: &FileProgress,
 ) -> Result<String, ExtractError> {
     guarded(format, || match format {
         Format::PlainText | Format::SourceCode => Ok(text::decode(bytes).into_owned()),
         Format::Markdown => Ok(markdown::to_text(&text::decode(bytes))),
         Format::Html => Ok(html::to_text(&text::decode(bytes))),
-        Format::Pdf => pdf::to_text(bytes, cancel),
+        Format::Pdf => pdf::to_text(bytes, cancel, progress),
         Format::Docx => docx::to_text(bytes, limits),
     })
 }
