@@ -3,6 +3,11 @@
 //! Keeps the last few `(time, processed)` samples inside a sliding window and divides
 //! the distance covered by the time it took. A drop in `processed` (a job entering a new
 //! phase) starts the estimate afresh rather than reporting a negative rate.
+//!
+//! Kept samples stand at least [`MIN_GAP_MS`] apart (a report sooner than that replaces
+//! the newest sample), so that a producer reporting every few milliseconds still spans
+//! enough time for a rate within its first second, instead of filling the few samples
+//! with a span too short to measure.
 
 use std::collections::VecDeque;
 
@@ -12,6 +17,8 @@ const WINDOW_MS: u64 = 30_000;
 const MAX_SAMPLES: usize = 16;
 /// Below this span a rate is mostly noise.
 const MIN_SPAN_MS: u64 = 250;
+/// Closest spacing of kept samples (the newest excepted).
+const MIN_GAP_MS: u64 = 100;
 
 #[derive(Debug, Default, Clone)]
 pub struct RateEstimator {
@@ -24,6 +31,11 @@ impl RateEstimator {
             if processed < last {
                 self.samples.clear();
             }
+        }
+        let len = self.samples.len();
+        let close = len >= 2 && now_ms.saturating_sub(self.samples[len - 2].0) < MIN_GAP_MS;
+        if close {
+            self.samples.pop_back();
         }
         self.samples.push_back((now_ms, processed));
         while self.samples.len() > MAX_SAMPLES {
@@ -61,6 +73,24 @@ mod tests {
             r.record(1_000 + i * 500, i * 5);
         }
         assert_eq!(r.per_second(), Some(10.0));
+    }
+
+    #[test]
+    fn reports_every_few_milliseconds_give_a_rate_within_the_first_second() {
+        let mut r = RateEstimator::default();
+        let mut first_rate_at = None;
+        for i in 0..200 {
+            let now = 1_000 + i * 5;
+            r.record(now, i * 2);
+            if first_rate_at.is_none() && r.per_second().is_some() {
+                first_rate_at = Some(now - 1_000);
+            }
+        }
+        assert!(
+            first_rate_at.is_some_and(|t| t < 1_000),
+            "{first_rate_at:?}"
+        );
+        assert_eq!(r.per_second(), Some(400.0));
     }
 
     #[test]

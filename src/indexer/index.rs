@@ -19,15 +19,16 @@ use tantivy::schema::{
     Value, STORED, STRING,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
-};
+use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, RemoveLongFilter, TextAnalyzer};
 use tantivy::{
     DocId, Index, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, TantivyDocument, Term,
 };
 
-/// The analyzer of the searchable text: words, lowercased, accents folded (so `cafe`
-/// finds `café`), with absurdly long tokens (base64 blobs, minified code) dropped.
+use super::tokenizer::WordTokenizer;
+
+/// The analyzer of the searchable text: words (and character pairs in Chinese, Japanese
+/// and Korean, see [`super::tokenizer`]), lowercased, accents folded (so `cafe` finds
+/// `café`), with absurdly long tokens (base64 blobs, minified code) dropped.
 const ANALYZER: &str = "words";
 /// Characters of context a search hit shows around its matches.
 const SNIPPET_CHARS: usize = 200;
@@ -169,7 +170,7 @@ impl SearchIndex {
         }
         index.tokenizers().register(
             ANALYZER,
-            TextAnalyzer::builder(SimpleTokenizer::default())
+            TextAnalyzer::builder(WordTokenizer::default())
                 .filter(RemoveLongFilter::limit(40))
                 .filter(LowerCaser)
                 .filter(AsciiFoldingFilter)

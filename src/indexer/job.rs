@@ -21,8 +21,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::extract::{self, ExtractError, Format, Limits};
+use super::in_flight::{FileProgress, InFlight};
 use super::index::{FileStamp, NewDocument, SearchIndex};
-use super::report::{Progress, Report, Stage};
+use super::report::{Progress, Report, Stage, Stopped};
 use super::results::Tally;
 use super::roots::IndexRoots;
 use super::walk::{self, EntryKind, FileEntry};
@@ -30,6 +31,13 @@ use super::writer::WriteSession;
 
 /// Progress reports at most this often; the hub coalesces further for its subscribers.
 const REPORT_EVERY: Duration = Duration::from_millis(10);
+/// How often the job looks at its state when no file finishes (a slow file, the index
+/// writer catching up).
+const TICK: Duration = Duration::from_millis(100);
+/// A file in work for this long becomes the `current_file`, with its time and pages, so
+/// that a job busy with one large file shows it and is not taken for stalled: its
+/// seconds count up, so a report goes out at least once a second.
+const SLOW_FILE: Duration = Duration::from_secs(1);
 
 /// How a job runs.
 #[derive(Clone, Debug)]
@@ -118,58 +126,80 @@ impl Job<'_> {
         // as cancelled.
         let stop = self.cancel.child_token();
         let mut fatal: Option<String> = None;
-        let mut last_report = Instant::now();
+        let mut pace = Pace::default();
         let mut last_checkpoint = Instant::now();
-        self.for_each_processed(&files, &stamps, &stop, |entry, outcome| {
-            let key = entry.path.to_string_lossy();
-            match outcome {
-                FileOutcome::Indexed {
-                    format,
-                    text,
-                    stamp,
-                } => {
-                    let name = entry.path.file_name().unwrap_or_default().to_string_lossy();
-                    let doc = NewDocument {
-                        path: &key,
-                        name: &name,
-                        body: &text,
+        let in_flight = InFlight::new(self.settings.threads);
+        // The files handed to the index writer, in order: the first of them it has not
+        // taken in yet is the one it works on.
+        let mut put_order: Vec<usize> = Vec::with_capacity(files.len());
+        let mut last_done = None;
+        self.for_each_processed(&files, &stamps, &stop, &in_flight, |done| {
+            if let Some((i, outcome)) = done {
+                let entry = &files[i];
+                let key = entry.path.to_string_lossy();
+                match outcome {
+                    FileOutcome::Indexed {
+                        format,
+                        text,
                         stamp,
-                    };
-                    if let Err(error) = session.put(&doc) {
-                        fatal = Some(format!("index writer failed: {error}"));
+                    } => {
+                        let name = entry.path.file_name().unwrap_or_default().to_string_lossy();
+                        let doc = NewDocument {
+                            path: &key,
+                            name: &name,
+                            body: &text,
+                            stamp,
+                        };
+                        if let Err(error) = session.put(&doc) {
+                            fatal = Some(format!("index writer failed: {error}"));
+                            stop.cancel();
+                            return;
+                        }
+                        put_order.push(i);
+                        tally.indexed(format, stamp.size);
+                        kept.insert(key.into_owned());
+                    }
+                    FileOutcome::Unchanged(stamp) => {
+                        tally.unchanged(stamp.size);
+                        kept.insert(key.into_owned());
+                    }
+                    FileOutcome::Skipped(reason) => tally.skipped(&entry.relative, reason),
+                    FileOutcome::Failed(reason) => tally.failed(&entry.relative, reason),
+                    FileOutcome::Cancelled => return,
+                }
+                accounted += 1;
+                last_done = Some(i);
+                let checkpoint_due = self
+                    .settings
+                    .checkpoint_every
+                    .is_some_and(|every| last_checkpoint.elapsed() >= every);
+                if checkpoint_due {
+                    if let Err(error) = session.commit() {
+                        fatal = Some(format!("cannot commit the index: {error}"));
                         stop.cancel();
                         return;
                     }
-                    tally.indexed(format, stamp.size);
-                    kept.insert(key.into_owned());
+                    last_checkpoint = Instant::now();
                 }
-                FileOutcome::Unchanged(stamp) => {
-                    tally.unchanged(stamp.size);
-                    kept.insert(key.into_owned());
-                }
-                FileOutcome::Skipped(reason) => tally.skipped(&entry.relative, reason),
-                FileOutcome::Failed(reason) => tally.failed(&entry.relative, reason),
-                FileOutcome::Cancelled => return,
             }
-            accounted += 1;
-            progress.current_file.clone_from(&entry.relative);
-            let checkpoint_due = self
-                .settings
-                .checkpoint_every
-                .is_some_and(|every| last_checkpoint.elapsed() >= every);
-            if checkpoint_due {
-                if let Err(error) = session.commit() {
-                    fatal = Some(format!("cannot commit the index: {error}"));
-                    stop.cancel();
-                    return;
-                }
-                last_checkpoint = Instant::now();
-            }
-            if last_report.elapsed() >= REPORT_EVERY {
-                last_report = Instant::now();
+            if pace.due() {
                 progress.processed = accounted - session.pending();
                 tally.fill(&mut progress);
-                if reporter.progress(Stage::Indexing, &progress).is_err() {
+                match in_flight.slowest().filter(|slow| slow.took >= SLOW_FILE) {
+                    Some(slow) => {
+                        progress.current_file.clone_from(&files[slow.file].relative);
+                        progress.current_file_seconds = slow.took.as_secs();
+                        progress.current_file_pages = slow.pages;
+                    }
+                    None => {
+                        if let Some(i) = last_done {
+                            progress.current_file.clone_from(&files[i].relative);
+                        }
+                        progress.current_file_seconds = 0;
+                        progress.current_file_pages = None;
+                    }
+                }
+                if pace.report(reporter, Stage::Indexing, &progress).is_err() {
                     self.cancel.cancel();
                 }
             }
@@ -179,21 +209,31 @@ impl Job<'_> {
             return JobEnd::Failed(error);
         }
         // The indexing threads catch up with their queue; the files count as processed as
-        // they do. A report goes out only when that count moves; while it stands still the
-        // writer is checked, since a dead indexing thread would leave it standing forever.
+        // they do. While the count stands still the file the writer works on is shown
+        // with its time, and the writer is checked, since a dead indexing thread would
+        // leave the count standing forever.
         tally.fill(&mut progress);
-        let mut reported = None;
+        progress.current_file_pages = None;
+        let mut moved_at = Instant::now();
         while !self.cancel.is_cancelled() {
-            let processed = accounted - session.pending();
-            if reported != Some(processed) {
-                reported = Some(processed);
+            let pending = session.pending();
+            let processed = accounted - pending;
+            if processed != progress.processed {
+                moved_at = Instant::now();
                 progress.processed = processed;
-                if reporter.progress(Stage::Indexing, &progress).is_err() {
-                    self.cancel.cancel();
-                }
             } else if let Err(error) = session.check() {
                 session.rollback();
                 return JobEnd::Failed(format!("index writer failed: {error}"));
+            }
+            let still = moved_at.elapsed();
+            progress.current_file_seconds = 0;
+            if still >= SLOW_FILE && pending > 0 {
+                let oldest = put_order[put_order.len() - pending as usize];
+                progress.current_file.clone_from(&files[oldest].relative);
+                progress.current_file_seconds = still.as_secs();
+            }
+            if pace.report(reporter, Stage::Indexing, &progress).is_err() {
+                self.cancel.cancel();
             }
             if processed == accounted {
                 break;
@@ -239,15 +279,17 @@ impl Job<'_> {
         .filter(|_| !cancel.is_cancelled())
     }
 
-    /// Processes `files` on the extraction threads and hands each outcome to `sink` on
-    /// this thread, in completion order. Stops taking new files once `stop` is
-    /// cancelled; outcomes already produced are still drained so no thread blocks.
+    /// Processes `files` on the extraction threads and hands each outcome, with the
+    /// file's index, to `sink` on this thread, in completion order; `None` when no file
+    /// finished for a [`TICK`]. Stops taking new files once `stop` is cancelled; outcomes
+    /// already produced are still drained so no thread blocks.
     fn for_each_processed(
         &self,
         files: &[FileEntry],
         stamps: &HashMap<String, FileStamp>,
         stop: &CancellationToken,
-        mut sink: impl FnMut(&FileEntry, FileOutcome),
+        in_flight: &InFlight,
+        mut sink: impl FnMut(Option<(usize, FileOutcome)>),
     ) {
         let threads = self.settings.threads.max(1);
         let next = AtomicUsize::new(0);
@@ -258,17 +300,22 @@ impl Job<'_> {
             let i = next.fetch_add(1, Ordering::Relaxed);
             files.get(i).map(|entry| (i, entry))
         };
+        let process = |slot: usize, i: usize, entry: &FileEntry| {
+            let pages = in_flight.begin(slot, i);
+            let outcome = self.process(entry, stamps, stop, pages);
+            in_flight.end(slot);
+            outcome
+        };
         extract::quiet_parser_panics();
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::sync_channel::<(usize, FileOutcome)>(threads * 4);
             let mut spawned = 0;
             for n in 0..threads {
                 let tx = tx.clone();
-                let take = &take;
+                let (take, process) = (&take, &process);
                 let worker = move || {
                     while let Some((i, entry)) = take() {
-                        let outcome = self.process(entry, stamps, stop);
-                        if tx.send((i, outcome)).is_err() {
+                        if tx.send((i, process(n, i, entry))).is_err() {
                             break;
                         }
                     }
@@ -284,14 +331,18 @@ impl Job<'_> {
             drop(tx);
             if spawned == 0 {
                 // No thread could start: do the work here rather than not at all.
-                while let Some((_, entry)) = take() {
-                    sink(entry, self.process(entry, stamps, stop));
+                while let Some((i, entry)) = take() {
+                    sink(Some((i, process(0, i, entry))));
                 }
                 return;
             }
-            for (i, outcome) in rx {
-                if !stop.is_cancelled() {
-                    sink(&files[i], outcome);
+            loop {
+                match rx.recv_timeout(TICK) {
+                    Ok(done) if !stop.is_cancelled() => sink(Some(done)),
+                    Ok(_) => {}
+                    Err(mpsc::RecvTimeoutError::Timeout) if !stop.is_cancelled() => sink(None),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             }
         });
@@ -303,6 +354,7 @@ impl Job<'_> {
         entry: &FileEntry,
         stamps: &HashMap<String, FileStamp>,
         cancel: &CancellationToken,
+        pages: &FileProgress,
     ) -> FileOutcome {
         let target = match &entry.kind {
             EntryKind::Skip(reason) => return FileOutcome::Skipped(reason.to_string()),
@@ -326,7 +378,7 @@ impl Job<'_> {
         let stamp = FileStamp {
             size: bytes.len() as u64,
             mtime_ns: mtime_ns(&meta),
-            hash: xxhash_rust::xxh3::xxh3_64(&bytes),
+            hash: xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, extract::EXTRACTION_VERSION),
         };
         if stamps.get(&*entry.path.to_string_lossy()) == Some(&stamp) {
             return FileOutcome::Unchanged(stamp);
@@ -338,7 +390,7 @@ impl Job<'_> {
         let limits = Limits {
             max_expanded_bytes: max.saturating_mul(4).max(64 << 20),
         };
-        match extract::extract(format, &bytes, limits, cancel) {
+        match extract::extract(format, &bytes, limits, cancel, pages) {
             Ok(text) => FileOutcome::Indexed {
                 format,
                 text,
@@ -347,6 +399,45 @@ impl Job<'_> {
             Err(ExtractError::Cancelled) => FileOutcome::Cancelled,
             Err(ExtractError::Invalid(reason)) => FileOutcome::Failed(reason),
         }
+    }
+}
+
+/// Keeps reports to one per [`REPORT_EVERY`], and none that repeats the one before.
+struct Pace {
+    last_at: Instant,
+    last_sent: Option<(Stage, Progress)>,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            last_at: Instant::now(),
+            last_sent: None,
+        }
+    }
+}
+
+impl Pace {
+    fn due(&self) -> bool {
+        self.last_at.elapsed() >= REPORT_EVERY
+    }
+
+    fn report(
+        &mut self,
+        reporter: &mut dyn Report,
+        stage: Stage,
+        progress: &Progress,
+    ) -> Result<(), Stopped> {
+        if self
+            .last_sent
+            .as_ref()
+            .is_some_and(|(s, p)| *s == stage && p == progress)
+        {
+            return Ok(());
+        }
+        self.last_at = Instant::now();
+        self.last_sent = Some((stage, progress.clone()));
+        reporter.progress(stage, progress)
     }
 }
 

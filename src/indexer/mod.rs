@@ -3,7 +3,7 @@
 //! - [`roots`]: which folders may be read, and how a requested folder is resolved.
 //! - [`walk`]: the counting walk (ignore files, hidden files, symlinks).
 //! - [`extract`]: text extraction, one module per format.
-//! - [`index`]: the tantivy index on disk, and search.
+//! - [`index`]: the tantivy index on disk, and search; [`tokenizer`] cuts text into words.
 //! - [`job`]: one run over one folder, on blocking threads, reporting through [`report`].
 //! - [`cli`]: the same job from the command line, with a progress bar.
 //!
@@ -13,11 +13,13 @@
 
 pub mod cli;
 pub mod extract;
+pub mod in_flight;
 pub mod index;
 pub mod job;
 pub mod report;
 pub mod results;
 pub mod roots;
+pub mod tokenizer;
 pub mod walk;
 pub mod writer;
 
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::hub::{Hub, HubError, NewTask, Outcome, TaskId};
+use crate::hub::{Hub, HubError, NewTask, Outcome, ProgressUpdate, TaskId};
 use index::{IndexError, SearchError, SearchIndex, SearchResults};
 use job::{Job, JobEnd, JobSettings};
 use report::HubReporter;
@@ -141,9 +143,20 @@ impl Indexer {
         self.inner.tracker.spawn(async move {
             let end = this.run_queued(&hub, &id, folder, &cancel).await;
             let outcome = match end {
-                JobEnd::Completed(results) => Outcome::Completed {
-                    results: Some(results),
-                },
+                JobEnd::Completed(results) => {
+                    // The last stage's message ("Committing the index") must not be what
+                    // the completed task says.
+                    let summary = ProgressUpdate {
+                        message: Some(results::summary(&results)),
+                        ..ProgressUpdate::default()
+                    };
+                    if let Err(error) = hub.progress(&id, summary) {
+                        tracing::debug!(task_id = %id, %error, "final message not set");
+                    }
+                    Outcome::Completed {
+                        results: Some(results),
+                    }
+                }
                 JobEnd::Failed(error) => Outcome::Failed { error },
                 JobEnd::Stopped if shutdown.is_cancelled() => Outcome::Failed {
                     error: INTERRUPTED_BY_SHUTDOWN.to_string(),

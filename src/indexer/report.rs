@@ -43,8 +43,13 @@ pub struct Progress {
     pub total: u64,
     /// Files listed so far while counting.
     pub found: u64,
-    /// The last file accounted for, relative to the folder.
+    /// The last file accounted for, relative to the folder; or the file in work, when
+    /// it has taken long enough to be worth showing (then `current_file_seconds` > 0).
     pub current_file: String,
+    /// Whole seconds `current_file` has been in work, when it is slow; 0 otherwise.
+    pub current_file_seconds: u64,
+    /// Pages of `current_file` done and in all, when it is slow and has pages.
+    pub current_file_pages: Option<(u32, u32)>,
     pub indexed: u64,
     pub unchanged: u64,
     pub skipped: u64,
@@ -100,20 +105,27 @@ impl HubReporter {
         {
             return Ok(());
         }
+        let mut detail = json!({
+            "stage": stage.as_str(),
+            "found": p.found,
+            "indexed": p.indexed,
+            "unchanged": p.unchanged,
+            "skipped": p.skipped,
+            "failed": p.failed,
+        });
+        if p.current_file_seconds > 0 {
+            detail["current_file_seconds"] = json!(p.current_file_seconds);
+        }
+        if let Some((done, total)) = p.current_file_pages {
+            detail["current_file_pages"] = json!({"done": done, "total": total});
+        }
         let update = ProgressUpdate {
             processed: Some(p.processed),
             total: Some(p.total),
             current_file: Some(p.current_file.clone()),
             progress: None,
             message: Some(stage.message().to_string()),
-            detail: Some(json!({
-                "stage": stage.as_str(),
-                "found": p.found,
-                "indexed": p.indexed,
-                "unchanged": p.unchanged,
-                "skipped": p.skipped,
-                "failed": p.failed,
-            })),
+            detail: Some(detail),
         };
         match self.hub.progress(&self.task_id, update) {
             Ok(_) => {

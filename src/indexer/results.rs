@@ -90,3 +90,16 @@ impl Tally {
         })
     }
 }
+
+/// The message of a completed job, from its `results` object.
+pub fn summary(results: &Value) -> String {
+    let n = |key: &str| results[key].as_u64().unwrap_or(0);
+    format!(
+        "Done: {} files, {} indexed, {} unchanged, {} skipped, {} failed",
+        n("files_total"),
+        n("files_indexed"),
+        n("files_unchanged"),
+        n("files_skipped"),
+        n("files_failed")
+    )
+}

@@ -17,8 +17,8 @@ use crate::helpers::{spawn_app_with, task_id, within, SseClient, TestApp};
 use crate::pdf_fixture::{minimal_pdf, pdf_from_objects, pdf_objects};
 
 /// A server whose index root(s) are given and whose data directory is its own.
-struct Server {
-    app: TestApp,
+pub(crate) struct Server {
+    pub(crate) app: TestApp,
     _data: TempDir,
 }
 
@@ -26,7 +26,7 @@ async fn spawn(roots: Vec<PathBuf>) -> Server {
     spawn_with(roots, |_| {}).await
 }
 
-async fn spawn_with(
+pub(crate) async fn spawn_with(
     roots: Vec<PathBuf>,
     tweak: impl FnOnce(&mut Config) + Send + 'static,
 ) -> Server {
@@ -53,7 +53,7 @@ impl Server {
     }
 
     /// Starts a job and returns its task id.
-    async fn start(&self, folder: impl Into<Value>) -> String {
+    pub(crate) async fn start(&self, folder: impl Into<Value>) -> String {
         let response = self.index(folder).await;
         assert_eq!(response.status(), 202);
         let body: Value = response.json().await.unwrap();
@@ -77,7 +77,7 @@ impl Server {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
-    async fn hits(&self, q: &str) -> Vec<String> {
+    pub(crate) async fn hits(&self, q: &str) -> Vec<String> {
         let (status, body) = self.search(q).await;
         assert_eq!(status, 200, "{body}");
         body["hits"]
@@ -89,7 +89,7 @@ impl Server {
     }
 
     /// Long-polls the task until it is terminal; returns its last snapshot.
-    async fn wait_until_finished(&self, id: &str) -> Value {
+    pub(crate) async fn wait_until_finished(&self, id: &str) -> Value {
         self.wait_until_finished_reading_with(id, "").await
     }
 
@@ -122,7 +122,7 @@ impl Server {
         task["status"].clone()
     }
 
-    async fn stop(self) -> Hub {
+    pub(crate) async fn stop(self) -> Hub {
         let hub = self.app.hub.clone();
         self.app.stop().await;
         hub
@@ -130,10 +130,10 @@ impl Server {
 }
 
 /// The `/api/events` stream, as (event name, data) pairs.
-struct Events(SseClient);
+pub(crate) struct Events(SseClient);
 
 impl Events {
-    async fn open(server: &Server) -> Events {
+    pub(crate) async fn open(server: &Server) -> Events {
         let response = server.app.sse("/api/events", None).await;
         assert_eq!(response.status(), 200);
         Events(SseClient::new(response))
@@ -145,7 +145,7 @@ impl Events {
     }
 
     /// Events of task `id` up to and including its terminal one.
-    async fn until_finished(&mut self, id: &str) -> Vec<(String, Value)> {
+    pub(crate) async fn until_finished(&mut self, id: &str) -> Vec<(String, Value)> {
         let mut seen = Vec::new();
         loop {
             let (name, data) = self.next().await;
@@ -161,7 +161,7 @@ impl Events {
     }
 
     /// The first event of task `id` that satisfies `condition`.
-    async fn until(&mut self, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&mut self, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
         loop {
             let (_, data) = self.next().await;
             if data["task_id"] == id && condition(&data) {
@@ -194,7 +194,7 @@ fn minimal_docx(paragraphs: &[&str]) -> Vec<u8> {
     zip.finish().unwrap().into_inner()
 }
 
-fn write(path: &Path, contents: impl AsRef<[u8]>) {
+pub(crate) fn write(path: &Path, contents: impl AsRef<[u8]>) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, contents).unwrap();
 }
@@ -246,7 +246,7 @@ fn document_folder(base: &Path) -> PathBuf {
     docs
 }
 
-fn base_dir(tmp: &TempDir) -> PathBuf {
+pub(crate) fn base_dir(tmp: &TempDir) -> PathBuf {
     std::fs::canonicalize(tmp.path()).unwrap()
 }
 
@@ -457,6 +457,71 @@ async fn html_words_split_at_block_elements_only() {
 }
 
 #[tokio::test]
+async fn chinese_and_japanese_words_are_found_inside_sentences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_dir(&tmp);
+    let ja = base.join("docs/ja.txt");
+    write(
+        &ja,
+        "自動採点システムを使うと、マークシート形式の選択式問題を評定できます。\
+         答案用紙をスキャンして、成績を自動的に計算します。",
+    );
+    let zh = base.join("docs/zh.html");
+    write(
+        &zh,
+        "<p>这是一个自动评分系统的说明，支持<b>多项</b>选择题。</p>",
+    );
+    // Latin text keeps its words and its ranking: more mentions rank first.
+    let en_many = base.join("docs/en-many.txt");
+    write(&en_many, "grading grading grading with answer sheets");
+    let en_once = base.join("docs/en-once.txt");
+    write(
+        &en_once,
+        "automatic grading of multiple choice questions and more words",
+    );
+    let server = spawn(vec![base.clone()]).await;
+    let done = server
+        .wait_until_finished(&server.start("docs").await)
+        .await;
+    assert_eq!(done["results"]["files_indexed"], 4, "{done}");
+
+    let ja_path = ja.to_str().unwrap().to_string();
+    for word in [
+        "選択式",
+        "評定",
+        "自動採点",
+        "マークシート",
+        "式",
+        "自動採点 マークシート",
+    ] {
+        assert_eq!(
+            server.hits(word).await,
+            std::slice::from_ref(&ja_path),
+            "{word}"
+        );
+    }
+    let zh_path = zh.to_str().unwrap().to_string();
+    for word in ["评分", "自动评分系统", "多项选择题"] {
+        assert_eq!(
+            server.hits(word).await,
+            std::slice::from_ref(&zh_path),
+            "{word}"
+        );
+    }
+    // The characters must stand together, in this order.
+    for word in ["採点式", "定評", "シートマーク"] {
+        assert!(server.hits(word).await.is_empty(), "{word}");
+    }
+    let (_, found) = server.search("評定").await;
+    let snippet = found["hits"][0]["snippet"].as_str().unwrap();
+    assert!(snippet.contains("<b>評定</b>"), "{snippet}");
+
+    let en = [en_many, en_once].map(|p| p.to_str().unwrap().to_string());
+    assert_eq!(server.hits("grading").await, en);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn reindexing_replaces_the_folder_and_skips_unchanged_files() {
     let tmp = tempfile::tempdir().unwrap();
     let base = base_dir(&tmp);
@@ -569,7 +634,7 @@ async fn folders_outside_the_roots_are_refused_whether_or_not_they_exist() {
 }
 
 /// Thousands of small files: enough for the job to be mid-way when the cancel lands.
-fn many_files(folder: &Path, count: usize, word: &str) {
+pub(crate) fn many_files(folder: &Path, count: usize, word: &str) {
     std::fs::create_dir_all(folder).unwrap();
     let filler = "lorem ipsum dolor sit amet ".repeat(40);
     for i in 0..count {

@@ -11,6 +11,7 @@ mod durability;
 mod errors;
 mod indexer;
 mod indexer_disk_full;
+mod indexer_live;
 mod limits;
 mod observability;
 mod page;

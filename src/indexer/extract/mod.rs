@@ -20,6 +20,8 @@ use std::sync::Once;
 
 use tokio_util::sync::CancellationToken;
 
+use super::in_flight::FileProgress;
+
 /// The formats the indexer reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -202,21 +204,28 @@ pub struct Limits {
 }
 
 /// Extracts the text of a file whose format is known. `cancel` is checked inside long
-/// extractions (page by page for PDF).
+/// extractions (page by page for PDF), which report their pages to `progress`.
 pub fn extract(
     format: Format,
     bytes: &[u8],
     limits: Limits,
     cancel: &CancellationToken,
+    progress: &FileProgress,
 ) -> Result<String, ExtractError> {
     guarded(format, || match format {
         Format::PlainText | Format::SourceCode => Ok(text::decode(bytes).into_owned()),
         Format::Markdown => Ok(markdown::to_text(&text::decode(bytes))),
         Format::Html => Ok(html::to_text(&text::decode(bytes))),
-        Format::Pdf => pdf::to_text(bytes, cancel),
+        Format::Pdf => pdf::to_text(bytes, cancel, progress),
         Format::Docx => docx::to_text(bytes, limits),
     })
 }
+
+/// Changes whenever the same bytes would be indexed differently (an extractor or the
+/// tokenizer changed). It seeds the content hash of each file's stamp, so that after an
+/// upgrade the next job reads every file again instead of keeping documents made the old
+/// way as "unchanged".
+pub const EXTRACTION_VERSION: u64 = 1;
 
 /// Threads whose names start with this run extractions (see [`quiet_parser_panics`]).
 pub const EXTRACTION_THREAD_PREFIX: &str = "index-extract";

@@ -7,8 +7,13 @@ use pdf_extract::{Document, MediaBox, OutputDev, OutputError, PlainTextOutput, T
 use tokio_util::sync::CancellationToken;
 
 use super::ExtractError;
+use crate::indexer::in_flight::FileProgress;
 
-pub fn to_text(bytes: &[u8], cancel: &CancellationToken) -> Result<String, ExtractError> {
+pub fn to_text(
+    bytes: &[u8],
+    cancel: &CancellationToken,
+    progress: &FileProgress,
+) -> Result<String, ExtractError> {
     let mut document = Document::load_mem(bytes)
         .map_err(|e| ExtractError::Invalid(format!("unreadable PDF: {e}")))?;
     if document.is_encrypted() && document.decrypt("").is_err() {
@@ -16,11 +21,13 @@ pub fn to_text(bytes: &[u8], cancel: &CancellationToken) -> Result<String, Extra
             "encrypted PDF: a password is needed to read it".to_string(),
         ));
     }
+    progress.set_pages(document.get_pages().len() as u32);
     let mut text = String::new();
     let result = {
         let mut output = Cancellable {
             inner: PlainTextOutput::new(&mut text),
             cancel,
+            progress,
         };
         pdf_extract::output_doc(&document, &mut output)
     };
@@ -35,6 +42,7 @@ pub fn to_text(bytes: &[u8], cancel: &CancellationToken) -> Result<String, Extra
 struct Cancellable<'a, W: pdf_extract::ConvertToFmt> {
     inner: PlainTextOutput<W>,
     cancel: &'a CancellationToken,
+    progress: &'a FileProgress,
 }
 
 impl<W: pdf_extract::ConvertToFmt> OutputDev for Cancellable<'_, W> {
@@ -54,6 +62,7 @@ impl<W: pdf_extract::ConvertToFmt> OutputDev for Cancellable<'_, W> {
     }
     fn end_page(&mut self) -> Result<(), OutputError> {
         self.inner.end_page()?;
+        self.progress.page_done();
         // Pages run together otherwise, gluing the last word of one to the first of the next.
         self.inner.end_line()
     }
@@ -92,17 +101,19 @@ mod tests {
     #[test]
     fn reads_text_and_refuses_garbage() {
         let token = CancellationToken::new();
-        let text = to_text(&minimal_pdf("Hello quokka"), &token).unwrap();
+        let pages = FileProgress::default();
+        let text = to_text(&minimal_pdf("Hello quokka"), &token, &pages).unwrap();
         assert!(text.contains("Hello quokka"), "{text:?}");
+        assert_eq!(pages.pages(), Some((1, 1)));
         let corrupt = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 9 0 R";
         assert!(matches!(
-            to_text(corrupt, &token),
+            to_text(corrupt, &token, &pages),
             Err(ExtractError::Invalid(_))
         ));
         let cancelled = CancellationToken::new();
         cancelled.cancel();
         assert!(matches!(
-            to_text(&minimal_pdf("x"), &cancelled),
+            to_text(&minimal_pdf("x"), &cancelled, &pages),
             Err(ExtractError::Cancelled)
         ));
     }
@@ -121,7 +132,8 @@ mod tests {
         document.encrypt(&state).unwrap();
         let mut bytes = Vec::new();
         document.save_to(&mut bytes).unwrap();
-        let error = to_text(&bytes, &CancellationToken::new()).unwrap_err();
+        let error =
+            to_text(&bytes, &CancellationToken::new(), &FileProgress::default()).unwrap_err();
         assert!(error.to_string().contains("encrypted"), "{error}");
     }
 }
