@@ -9,6 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::hub::HubConfig;
 
+/// The longest duration any setting may name (ten years, in seconds): far beyond any
+/// use, and far from where adding it to a clock would overflow.
+pub const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "progress-hub",
@@ -69,7 +73,7 @@ pub struct Config {
     pub store: StoreKind,
 
     /// Seconds a finished task is kept (in memory and in the store) before it is removed.
-    #[arg(global = true, long, env = "PROGRESS_HUB_RETENTION_SECS", default_value_t = 24 * 3600)]
+    #[arg(global = true, long, env = "PROGRESS_HUB_RETENTION_SECS", default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(0..=MAX_SECS))]
     pub retention_secs: u64,
 
     /// Seconds without a report after which a running task is marked `stalled`; 0 never.
@@ -77,7 +81,8 @@ pub struct Config {
         global = true,
         long,
         env = "PROGRESS_HUB_STALL_SECS",
-        default_value_t = 60
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SECS)
     )]
     pub stall_secs: u64,
 
@@ -111,7 +116,8 @@ pub struct Config {
         global = true,
         long,
         env = "PROGRESS_HUB_INDEX_CHECKPOINT_SECS",
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SECS)
     )]
     pub index_checkpoint_secs: u64,
 
@@ -134,12 +140,13 @@ pub struct Config {
         global = true,
         long,
         env = "PROGRESS_HUB_COALESCE_MS",
-        default_value_t = 50
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SECS * 1000)
     )]
     pub coalesce_ms: u64,
 
     /// Seconds of silence after which a stream gets a keep-alive comment (SSE) or ping (WS).
-    #[arg(global = true, long, env = "PROGRESS_HUB_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(global = true, long, env = "PROGRESS_HUB_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub heartbeat_secs: u64,
 
     /// Events kept per running task for `Last-Event-ID` replay.
@@ -155,7 +162,7 @@ pub struct Config {
     pub max_body_bytes: usize,
 
     /// Seconds a client may take to send its request headers.
-    #[arg(global = true, long, env = "PROGRESS_HUB_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(global = true, long, env = "PROGRESS_HUB_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub header_timeout_secs: u64,
 
     /// Seconds that shutdown waits for open connections before closing them.
@@ -163,7 +170,8 @@ pub struct Config {
         global = true,
         long,
         env = "PROGRESS_HUB_SHUTDOWN_GRACE_SECS",
-        default_value_t = 5
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SECS)
     )]
     pub shutdown_grace_secs: u64,
 
@@ -174,7 +182,8 @@ pub struct Config {
         global = true,
         long,
         env = "PROGRESS_HUB_SHUTDOWN_DRAIN_SECS",
-        default_value_t = 0
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SECS)
     )]
     pub shutdown_drain_secs: u64,
 
@@ -227,7 +236,8 @@ pub struct Config {
         global = true,
         long,
         env = "PROGRESS_HUB_MAX_STREAM_SECS",
-        default_value_t = 3_600
+        default_value_t = 3_600,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SECS)
     )]
     pub max_stream_secs: u64,
 
@@ -238,14 +248,14 @@ pub struct Config {
 
     /// Seconds a request body may stall before the request is answered 408. Idle
     /// keep-alive connections are closed after --header-timeout-secs.
-    #[arg(global = true, long, env = "PROGRESS_HUB_IDLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(global = true, long, env = "PROGRESS_HUB_IDLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub idle_timeout_secs: u64,
 
     /// Seconds the server waits for a client to take any byte while it has something to
     /// send (an answer, an event stream's frames); then the connection is closed. Bounds
     /// what a client that stopped reading (or vanished) holds: its connection, its
     /// subscriber place, its buffers.
-    #[arg(global = true, long, env = "PROGRESS_HUB_SEND_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(global = true, long, env = "PROGRESS_HUB_SEND_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub send_timeout_secs: u64,
 }
 

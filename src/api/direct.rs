@@ -334,6 +334,9 @@ struct State {
     delivery: DeliverySampler,
 }
 
+/// A drained queue with room for more frames than this is freed.
+const SHRINK_QUEUE_ABOVE: usize = 2 * MAX_BATCH;
+
 /// A frame waiting to be written (40 bytes: every idle stream keeps room for a few).
 enum Queued {
     Event(Event),
@@ -414,14 +417,24 @@ impl<W: Wire> Direct<W> {
         }
     }
 
-    /// Queues a frame of the stream's own (a WebSocket pong) after what is queued.
+    /// Queues a frame of the stream's own (a WebSocket pong) after what is queued. At
+    /// most one of each kind waits: a newer one replaces its payload (a pong need only
+    /// answer the newest ping, RFC 6455 §5.5.3), so a client's burst of pings cannot grow
+    /// the queue.
     pub fn control(&self, kind: Kind, payload: Bytes) {
         let mut st = self.lock();
         if st.closed {
             return;
         }
+        let waiting = st.queue.iter_mut().find_map(|queued| match queued {
+            Queued::Other(k, waiting) if *k == kind => Some(waiting),
+            _ => None,
+        });
+        match waiting {
+            Some(waiting) => *waiting = payload,
+            None => st.queue.push_back(Queued::Other(kind, payload)),
+        }
         st.idle = false;
-        st.queue.push_back(Queued::Other(kind, payload));
         self.wake.notify_one();
     }
 
@@ -471,6 +484,11 @@ impl<W: Wire> Direct<W> {
                         return Flushed::Ended;
                     }
                     st.idle = true;
+                    // A queue that grew for a burst (a lagging client) gives its memory
+                    // back once drained.
+                    if st.queue.capacity() > SHRINK_QUEUE_ABOVE {
+                        st.queue = VecDeque::new();
+                    }
                     return Flushed::Idle;
                 }
                 let partial = st.partial.take();

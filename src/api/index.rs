@@ -92,6 +92,9 @@ pub async fn search(
             SearchFailure::Search(SearchError::BadQuery(parse)) => {
                 ApiError::BadRequest(format!("Invalid query: {parse}"))
             }
+            SearchFailure::Search(SearchError::Unsupported(why)) => {
+                ApiError::BadRequest(format!("Unsupported query: {why}"))
+            }
             other => ApiError::Internal(other.to_string()),
         })?;
     let body = serde_json::to_vec(&results).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -184,10 +184,13 @@ impl Peer<Ws> for Client {
             };
             read += n;
             let mut input = &buf[..n];
+            // The whole piece is read even after a failure: the reader skips what
+            // belongs to the failing frame and still sees the client's close.
+            let mut failed: Option<Bytes> = None;
             while let Some(incoming) = self.reader.next(&mut input) {
                 match incoming {
                     Ok(frame::Incoming::Ping(payload)) => {
-                        if !self.closing {
+                        if !self.closing && failed.is_none() {
                             direct.control(Kind::Pong, payload);
                         }
                     }
@@ -195,19 +198,21 @@ impl Peer<Ws> for Client {
                         if self.closing {
                             return Heard::Gone;
                         }
-                        let frame = frame::close(code, "");
+                        // The client closed first: our answer ends the socket.
+                        let frame = failed.unwrap_or_else(|| frame::close(code, ""));
                         return Heard::Close {
                             frame,
                             linger: false,
                         };
                     }
-                    Err(fail) => {
-                        return Heard::Close {
-                            frame: fail.close_frame(),
-                            linger: true,
-                        };
-                    }
+                    Err(fail) => failed = Some(fail.close_frame()),
                 }
+            }
+            if let Some(frame) = failed {
+                return Heard::Close {
+                    frame,
+                    linger: true,
+                };
             }
         }
         Heard::Nothing

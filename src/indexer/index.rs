@@ -104,8 +104,23 @@ pub enum SearchError {
     /// The query does not parse; the message is the parser's.
     #[error("{0}")]
     BadQuery(#[from] tantivy::query::QueryParserError),
+    /// The query parses but asks for what this index cannot answer (`name:*` needs a
+    /// fast field, say); the message is tantivy's.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Index(#[from] tantivy::TantivyError),
+}
+
+impl SearchError {
+    /// Errors of running a parsed query: those about the query itself are the client's.
+    fn running(error: tantivy::TantivyError) -> SearchError {
+        match error {
+            tantivy::TantivyError::SchemaError(message)
+            | tantivy::TantivyError::InvalidArgument(message) => SearchError::Unsupported(message),
+            other => SearchError::Index(other),
+        }
+    }
 }
 
 fn schema() -> (Schema, Fields) {
@@ -267,11 +282,14 @@ impl SearchIndex {
             QueryParser::for_index(&self.index, vec![self.fields.name, self.fields.body]);
         parser.set_conjunction_by_default();
         let parsed = parser.parse_query(query)?;
-        let (total_hits, top) = searcher.search(
-            &parsed,
-            &(Count, TopDocs::with_limit(limit.max(1)).order_by_score()),
-        )?;
-        let mut snippets = SnippetGenerator::create(&searcher, &*parsed, self.fields.body)?;
+        let (total_hits, top) = searcher
+            .search(
+                &parsed,
+                &(Count, TopDocs::with_limit(limit.max(1)).order_by_score()),
+            )
+            .map_err(SearchError::running)?;
+        let mut snippets = SnippetGenerator::create(&searcher, &*parsed, self.fields.body)
+            .map_err(SearchError::running)?;
         snippets.set_max_num_chars(SNIPPET_CHARS);
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {

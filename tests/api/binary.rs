@@ -119,3 +119,35 @@ async fn the_readme_lists_every_flag_that_help_lists() {
         "README.md's configuration table and `progress-hub --help` disagree"
     );
 }
+
+#[tokio::test]
+async fn durations_near_u64_max_are_refused_at_start_not_panicked_on() {
+    let data = tempfile::tempdir().unwrap();
+    let huge = u64::MAX.to_string();
+    for flag in [
+        "--send-timeout-secs",
+        "--header-timeout-secs",
+        "--idle-timeout-secs",
+        "--heartbeat-secs",
+        "--shutdown-grace-secs",
+        "--shutdown-drain-secs",
+        "--max-stream-secs",
+        "--stall-secs",
+        "--retention-secs",
+        "--index-checkpoint-secs",
+        "--coalesce-ms",
+    ] {
+        let output = within(
+            binary()
+                .args(["--listen", "127.0.0.1:0", flag, &huge, "--data-dir"])
+                .arg(data.path())
+                .output(),
+        )
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{flag}: {stderr}");
+    }
+}

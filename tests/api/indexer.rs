@@ -366,6 +366,16 @@ async fn search_rejects_bad_queries_with_the_parsers_message() {
         (status, body["error"].as_str()),
         (400, Some("q is required"))
     );
+    // Queries that parse but that this index cannot run are the client's error too.
+    for q in ["name:*", "body:*", "*"] {
+        let (status, body) = server.search(q).await;
+        assert!(status == 200 || status == 400, "{q}: {status} {body}");
+        if status == 400 {
+            assert!(body["error"].is_string(), "{q}: {body}");
+        }
+    }
+    let (status, body) = server.search("name:*").await;
+    assert_eq!(status, 400, "{body}");
     server.stop().await;
 }
 

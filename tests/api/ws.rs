@@ -306,3 +306,139 @@ async fn a_stalled_websocket_reader_is_resynced_with_whole_frames() {
     assert_eq!(code, Some(CloseCode::Normal));
     assert!(app.hub.stats().lag_resyncs.load(Ordering::Relaxed) >= 1);
 }
+
+/// A client frame, masked as clients send them; `len` overrides the length written in
+/// the head (for heads that lie).
+fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xa1, 0xb2, 0xc3, 0xd4];
+    let mut frame = vec![b0];
+    match payload.len() {
+        len if len < 126 => frame.push(0x80 | len as u8),
+        len if len <= 0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// An upgraded socket on a fresh task `id`, its snapshot frame already read.
+async fn upgraded(app: &crate::helpers::TestApp, id: &str) -> (TcpStream, Vec<u8>) {
+    app.create_task(id, 2).await;
+    let path = format!("/api/index-progress/{id}/ws");
+    let (mut stream, head, mut buffered) =
+        raw_upgrade(app.addr, &path, "dGhlIHNhbXBsZSBub25jZQ==").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (opcode, _) = read_frame(&mut stream, &mut buffered).await;
+    assert_eq!(opcode, 1, "the snapshot first");
+    (stream, buffered)
+}
+
+/// Reads frames until a close (within the test timeout, heartbeats or not); returns its
+/// code.
+async fn close_code(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> u16 {
+    within(async {
+        loop {
+            let (opcode, payload) = read_frame(stream, buffered).await;
+            if opcode == 8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_and_a_close_reason_that_is_not_fail_with_1007() {
+    let app = spawn_app().await;
+    for (id, frame) in [
+        ("text", masked(0x81, b"ok \xff")),
+        ("fragments", {
+            // A character cut between fragments is fine; one never finished is not.
+            let mut f = masked(0x01, b"\xe2\x82");
+            f.extend(masked(0x80, b"\xac \xe2"));
+            f
+        }),
+        ("reason", masked(0x88, b"\x03\xe8bye \xc3")),
+    ] {
+        let (mut stream, mut buffered) = upgraded(&app, id).await;
+        stream.write_all(&frame).await.unwrap();
+        assert_eq!(close_code(&mut stream, &mut buffered).await, 1007, "{id}");
+        // Our close frame answers theirs: the server ends the connection.
+        let _ = stream.write_all(&masked(0x88, b"\x03\xef")).await;
+        assert!(closed_by_server(&mut stream).await, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn a_64_bit_length_with_its_top_bit_set_fails_with_1002() {
+    let app = spawn_app().await;
+    let (mut stream, mut buffered) = upgraded(&app, "huge").await;
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(0x8000_0000_0000_0010u64).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    stream.write_all(&frame).await.unwrap();
+    assert_eq!(close_code(&mut stream, &mut buffered).await, 1002);
+    assert!(closed_by_server(&mut stream).await);
+}
+
+#[tokio::test]
+async fn after_a_1009_the_rest_of_the_message_is_skipped_and_the_socket_ends_cleanly() {
+    let app = spawn_app().await;
+    let (mut stream, mut buffered) = upgraded(&app, "big").await;
+    // A message far over the limit (4 KiB) whose payload, read as frames, would be
+    // unmasked frames: a protocol error, and unread bytes when the socket closes.
+    let message = masked(0x82, &[0xa1; 100 * 1024]);
+    within(stream.write_all(&message)).await.unwrap();
+    assert_eq!(close_code(&mut stream, &mut buffered).await, 1009);
+    // The server reads on until the client's answer: closing with unread bytes would
+    // reset the connection, and this write or the read below would fail.
+    let answer = stream.write_all(&masked(0x88, b"\x03\xf1")).await;
+    assert!(
+        answer.is_ok(),
+        "the server reset the connection: {answer:?}"
+    );
+    // Then a plain end of stream, not a reset.
+    let mut rest = [0u8; 1024];
+    loop {
+        match within(stream.read(&mut rest)).await {
+            Ok(0) => break,
+            Ok(n) => panic!("{n} bytes after the close frame"),
+            Err(error) => panic!("the connection ended with {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_pings_queues_one_pong_that_answers_the_newest() {
+    let app = spawn_app().await;
+    let (mut stream, mut buffered) = upgraded(&app, "pings").await;
+    // 10,000 pings (100 KB) in one write, each carrying its number.
+    const PINGS: u32 = 10_000;
+    let burst: Vec<u8> = (0..PINGS)
+        .flat_map(|n| masked(0x89, &n.to_be_bytes()))
+        .collect();
+    stream.write_all(&burst).await.unwrap();
+    let mut pongs = 0u32;
+    loop {
+        let (opcode, payload) = read_frame(&mut stream, &mut buffered).await;
+        if opcode != 0xA {
+            continue;
+        }
+        pongs += 1;
+        if payload == (PINGS - 1).to_be_bytes() {
+            break;
+        }
+    }
+    // One pong per read of the socket at most, not one per ping.
+    assert!(pongs < PINGS / 10, "{pongs} pongs for {PINGS} pings");
+    stream.write_all(&masked(0x88, b"\x03\xe8")).await.unwrap();
+    assert_eq!(close_code(&mut stream, &mut buffered).await, 1000);
+    assert!(closed_by_server(&mut stream).await);
+}

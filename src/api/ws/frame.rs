@@ -19,6 +19,7 @@ const BINARY: u8 = 0x2;
 pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 pub const PROTOCOL_ERROR: u16 = 1002;
+pub const INVALID_DATA: u16 = 1007;
 pub const TOO_BIG: u16 = 1009;
 
 /// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`.
@@ -86,6 +87,8 @@ pub enum Fail {
     TooBig,
     /// Not WebSocket as RFC 6455 has it: close 1002.
     Protocol,
+    /// A text message or a close reason that is not UTF-8: close 1007 (RFC 6455 §8.1).
+    InvalidData,
 }
 
 impl Fail {
@@ -93,20 +96,43 @@ impl Fail {
         match self {
             Fail::TooBig => close(TOO_BIG, "message too big"),
             Fail::Protocol => close(PROTOCOL_ERROR, "protocol error"),
+            Fail::InvalidData => close(INVALID_DATA, "invalid UTF-8"),
         }
     }
+}
+
+/// Where the reader stands with the client.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Every rule is checked.
+    Open,
+    /// A failure was reported (message too big, bad UTF-8) but the frames still have
+    /// known bounds: the rest of the failing frame is skipped and the reader goes on, so
+    /// that the client's answering close is seen and no payload is taken for a head.
+    /// Data frames are skipped unchecked; a later failure only switches to `Discard`.
+    Closing,
+    /// The frame boundaries are lost (a protocol error): everything is dropped unread.
+    Discard,
 }
 
 /// Reads a client's frames as they arrive, in pieces of any size.
 pub struct Reader {
     max_message: u64,
+    mode: Mode,
     /// The head being read: 2 bytes, then up to 8 of length and 4 of mask.
     head: [u8; 14],
     have: usize,
     /// The frame whose payload is being read, once its head is complete.
     frame: Option<Payload>,
-    /// Bytes of the data message so far; `None` when no message is open.
-    message: Option<u64>,
+    /// The data message being read; `None` when no message is open.
+    message: Option<Message>,
+}
+
+struct Message {
+    /// Bytes so far, all frames counted.
+    size: u64,
+    /// A text message, whose bytes are checked as UTF-8 as they arrive (never kept).
+    text: Option<Utf8>,
 }
 
 struct Payload {
@@ -123,6 +149,7 @@ impl Reader {
     pub fn new(max_message: u64) -> Reader {
         Reader {
             max_message,
+            mode: Mode::Open,
             head: [0; 14],
             have: 0,
             frame: None,
@@ -131,8 +158,33 @@ impl Reader {
     }
 
     /// Consumes `input` until a frame that needs an answer is complete (returned) or the
-    /// input is used up (`None`). After an `Err` the socket is done.
+    /// input is used up (`None`). After the first `Err` the socket is closing: the reader
+    /// goes on so that the client's close is still seen, and reports no further failure.
     pub fn next(&mut self, input: &mut &[u8]) -> Option<Result<Incoming, Fail>> {
+        if self.mode == Mode::Discard {
+            *input = &[];
+            return None;
+        }
+        match self.read(input) {
+            Some(Err(fail)) => {
+                let reported = self.mode == Mode::Open;
+                self.mode = match fail {
+                    Fail::Protocol => Mode::Discard,
+                    _ if reported => Mode::Closing,
+                    _ => Mode::Discard,
+                };
+                // Closing: data is skipped unchecked from here on.
+                self.message = None;
+                if self.mode == Mode::Discard {
+                    *input = &[];
+                }
+                reported.then_some(Err(fail))
+            }
+            other => other,
+        }
+    }
+
+    fn read(&mut self, input: &mut &[u8]) -> Option<Result<Incoming, Fail>> {
         loop {
             let Some(frame) = self.frame.as_mut() else {
                 let need = if self.have < 2 {
@@ -160,15 +212,20 @@ impl Reader {
             let take = usize::try_from(frame.remaining)
                 .unwrap_or(usize::MAX)
                 .min(input.len());
+            let offset = frame.len - frame.remaining;
+            let (bytes, rest) = input.split_at(take);
+            frame.remaining -= take as u64;
+            *input = rest;
             if frame.opcode >= CLOSE {
-                let offset = (frame.len - frame.remaining) as usize;
-                let bytes = input[..take].iter().enumerate();
+                let bytes = bytes.iter().enumerate();
                 frame
                     .control
-                    .extend(bytes.map(|(i, b)| b ^ frame.mask[(offset + i) % 4]));
+                    .extend(bytes.map(|(i, b)| b ^ frame.mask[(offset as usize + i) % 4]));
+            } else if let Some(utf8) = self.message.as_mut().and_then(|m| m.text.as_mut()) {
+                if !utf8.feed_masked(bytes, frame.mask, offset) {
+                    return Some(Err(Fail::InvalidData));
+                }
             }
-            frame.remaining -= take as u64;
-            *input = &input[take..];
             if frame.remaining > 0 {
                 return None;
             }
@@ -184,14 +241,16 @@ impl Reader {
         let (b0, b1) = (self.head[0], self.head[1]);
         let opcode = b0 & 0x0F;
         let fin = b0 & 0x80 != 0;
-        // No extension was agreed, so no reserved bit may be set; clients always mask.
+        // No extension was agreed, so no reserved bit may be set (§5.2); clients always
+        // mask (§5.1).
         if b0 & 0x70 != 0 || b1 & 0x80 == 0 {
             return Err(Fail::Protocol);
         }
         match opcode {
             CONTINUATION | TEXT | BINARY => Ok(()),
-            // Control frames are whole and short.
+            // Control frames are whole and at most 125 bytes (§5.5).
             CLOSE | PING | PONG if fin && b1 & 0x7F <= 125 => Ok(()),
+            // Reserved opcodes (§5.2).
             _ => Err(Fail::Protocol),
         }
     }
@@ -215,26 +274,42 @@ impl Reader {
             len => (u64::from(len), &head[2..]),
         };
         let mask = [rest[0], rest[1], rest[2], rest[3]];
-        if opcode < CLOSE {
-            let so_far = match (opcode, self.message) {
-                (CONTINUATION, Some(so_far)) => so_far,
-                (TEXT | BINARY, None) => 0,
-                _ => return Err(Fail::Protocol),
-            };
-            let total = so_far.saturating_add(len);
-            if total > self.max_message {
-                return Err(Fail::TooBig);
-            }
-            self.message = Some(total);
+        // The most significant bit of a 64-bit length MUST be 0 (§5.2).
+        if len >> 63 != 0 {
+            return Err(Fail::Protocol);
         }
-        self.frame = Some(Payload {
+        let frame = Payload {
             opcode,
             fin,
             mask,
             len,
             remaining: len,
             control: Vec::new(),
-        });
+        };
+        if opcode < CLOSE && self.mode == Mode::Open {
+            let message = match (opcode, self.message.take()) {
+                (CONTINUATION, Some(message)) => message,
+                (TEXT, None) => Message {
+                    size: 0,
+                    text: Some(Utf8::default()),
+                },
+                (BINARY, None) => Message {
+                    size: 0,
+                    text: None,
+                },
+                // A continuation with no message open, or a new message before the last
+                // one ended (§5.4).
+                _ => return Err(Fail::Protocol),
+            };
+            let size = message.size.saturating_add(len);
+            if size > self.max_message {
+                // The frame's bounds are known: its payload is skipped while closing.
+                self.frame = Some(frame);
+                return Err(Fail::TooBig);
+            }
+            self.message = Some(Message { size, ..message });
+        }
+        self.frame = Some(frame);
         Ok(())
     }
 
@@ -245,18 +320,87 @@ impl Reader {
             PONG => None,
             CLOSE => Some(match frame.control[..] {
                 [] => Ok(Incoming::Close(NORMAL)),
-                [hi, lo, ..] if valid_close_code(u16::from_be_bytes([hi, lo])) => {
-                    Ok(Incoming::Close(u16::from_be_bytes([hi, lo])))
+                [hi, lo, ref reason @ ..] if valid_close_code(u16::from_be_bytes([hi, lo])) => {
+                    // The reason is UTF-8 (§5.5.1), or the close is a failure (§8.1).
+                    if std::str::from_utf8(reason).is_err() {
+                        Err(Fail::InvalidData)
+                    } else {
+                        Ok(Incoming::Close(u16::from_be_bytes([hi, lo])))
+                    }
                 }
                 _ => Err(Fail::Protocol),
             }),
             _ => {
-                if frame.fin {
-                    self.message = None;
+                if !frame.fin {
+                    return None;
                 }
-                None
+                let message = self.message.take()?;
+                // A text message ends with a whole character.
+                match message.text {
+                    Some(utf8) if !utf8.is_complete() => Some(Err(Fail::InvalidData)),
+                    _ => None,
+                }
             }
         }
+    }
+}
+
+/// Checks a text message's bytes as UTF-8 as they arrive, keeping only the start of a
+/// character cut between pieces (at most 3 bytes).
+#[derive(Default)]
+struct Utf8 {
+    pending: [u8; 4],
+    len: usize,
+}
+
+impl Utf8 {
+    /// Feeds payload bytes still masked with `mask`, the first at `offset` in its frame;
+    /// false once they are not UTF-8.
+    fn feed_masked(&mut self, masked: &[u8], mask: [u8; 4], offset: u64) -> bool {
+        let mut scratch = [0u8; 256];
+        let mut at = offset as usize;
+        for piece in masked.chunks(scratch.len()) {
+            let plain = &mut scratch[..piece.len()];
+            for (i, (out, byte)) in plain.iter_mut().zip(piece).enumerate() {
+                *out = byte ^ mask[(at + i) % 4];
+            }
+            at = at.wrapping_add(piece.len());
+            if !self.feed(plain) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        // First complete a character cut at the end of the last piece.
+        while self.len > 0 {
+            let Some((&byte, rest)) = bytes.split_first() else {
+                return true;
+            };
+            bytes = rest;
+            self.pending[self.len] = byte;
+            self.len += 1;
+            match std::str::from_utf8(&self.pending[..self.len]) {
+                Ok(_) => self.len = 0,
+                Err(e) if e.error_len().is_some() => return false,
+                Err(_) => {}
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_some() => false,
+            Err(e) => {
+                let cut = &bytes[e.valid_up_to()..];
+                self.pending[..cut.len()].copy_from_slice(cut);
+                self.len = cut.len();
+                true
+            }
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -419,5 +563,106 @@ mod tests {
         let mut reader = Reader::new(1024);
         let got = read_all(&mut reader, &client_frame(0x88, b""), 1);
         assert_eq!(got, [Ok(Incoming::Close(NORMAL))]);
+    }
+
+    /// Feeds every piece, carrying on after a failure as the socket does while closing.
+    fn read_through(
+        reader: &mut Reader,
+        bytes: &[u8],
+        piece: usize,
+    ) -> Vec<Result<Incoming, Fail>> {
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(piece) {
+            let mut input = chunk;
+            while let Some(item) = reader.next(&mut input) {
+                out.push(item);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn text_must_be_utf8_even_cut_between_frames_and_pieces() {
+        let text = "añ€😀".as_bytes();
+        // A character cut between two fragments is fine.
+        let mut good = client_frame(0x01, &text[..2]);
+        good.extend(client_frame(0x00, &text[2..8]));
+        good.extend(client_frame(0x80, &text[8..]));
+        good.extend(client_frame(0x89, b"p"));
+        let bad_cases: [(&str, Vec<u8>); 4] = [
+            ("invalid byte", client_frame(0x81, b"ok\xffok")),
+            ("overlong", client_frame(0x81, b"\xc0\xaf")),
+            ("surrogate", client_frame(0x81, b"\xed\xa0\x80")),
+            (
+                "cut at the end",
+                client_frame(0x81, &text[..text.len() - 1]),
+            ),
+        ];
+        for piece in [1, 2, 3, 5, 64] {
+            let mut reader = Reader::new(1024);
+            let got = read_all(&mut reader, &good, piece);
+            assert_eq!(got, [Ok(Incoming::Ping(Bytes::from_static(b"p")))]);
+            for (name, bytes) in &bad_cases {
+                let mut reader = Reader::new(1024);
+                let got = read_all(&mut reader, bytes, piece);
+                assert_eq!(got, [Err(Fail::InvalidData)], "{name}, pieces of {piece}");
+            }
+        }
+        // Binary messages are not text.
+        let mut reader = Reader::new(1024);
+        assert_eq!(read_all(&mut reader, &client_frame(0x82, b"\xff"), 1), []);
+    }
+
+    #[test]
+    fn a_close_reason_must_be_utf8() {
+        let mut reader = Reader::new(1024);
+        let got = read_all(&mut reader, &client_frame(0x88, b"\x03\xe8bad\xff"), 2);
+        assert_eq!(got, [Err(Fail::InvalidData)]);
+        assert_eq!(&Fail::InvalidData.close_frame()[..4], b"\x88\x0f\x03\xef");
+        let mut reader = Reader::new(1024);
+        let got = read_all(&mut reader, &client_frame(0x88, b"\x03\xe8\xc3\xa9"), 2);
+        assert_eq!(got, [Ok(Incoming::Close(1000))]);
+    }
+
+    #[test]
+    fn a_64_bit_length_with_the_top_bit_set_is_a_protocol_error() {
+        let mut bytes = vec![0x82, 0x80 | 127];
+        bytes.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        let mut reader = Reader::new(1024);
+        assert_eq!(read_all(&mut reader, &bytes, 3), [Err(Fail::Protocol)]);
+    }
+
+    #[test]
+    fn after_too_big_the_payload_is_skipped_and_the_close_still_seen() {
+        // A payload of zeros would read as an unmasked frame if taken for heads.
+        let mut bytes = client_frame(0x82, &[0; 5000]);
+        bytes.extend(client_frame(0x81, b"\xff unchecked now"));
+        bytes.extend(client_frame(0x89, b"late"));
+        bytes.extend(client_frame(0x88, &[0x03, 0xe8]));
+        for piece in [1, 7, 2048, bytes.len()] {
+            let mut reader = Reader::new(1024);
+            let got = read_through(&mut reader, &bytes, piece);
+            assert_eq!(
+                got,
+                [
+                    Err(Fail::TooBig),
+                    Ok(Incoming::Ping(Bytes::from_static(b"late"))),
+                    Ok(Incoming::Close(1000)),
+                ],
+                "pieces of {piece}"
+            );
+        }
+        // After bad UTF-8 the rest of the frame is skipped too.
+        let mut bytes = client_frame(0x81, b"\xff and the rest");
+        bytes.extend(client_frame(0x88, b""));
+        let mut reader = Reader::new(1024);
+        let got = read_through(&mut reader, &bytes, 1);
+        assert_eq!(got, [Err(Fail::InvalidData), Ok(Incoming::Close(1000))]);
+        // After a protocol error nothing has known bounds: all is dropped.
+        let mut bytes = vec![0x81, 0x01, b'x'];
+        bytes.extend(client_frame(0x88, b""));
+        let mut reader = Reader::new(1024);
+        assert_eq!(read_through(&mut reader, &bytes, 2), [Err(Fail::Protocol)]);
     }
 }
