@@ -210,6 +210,13 @@ pub struct Config {
     )]
     pub cors_origins: Vec<String>,
 
+    /// The origin browsers reach the server at through a reverse proxy that rewrites
+    /// `Host`, such as `https://progress.example.com`: its pages count as the server's own
+    /// (WebSocket upgrades, writes), and its host name is answered on a loopback-only
+    /// server.
+    #[arg(global = true, long, env = "PROGRESS_HUB_PUBLIC_ORIGIN")]
+    pub public_origin: Option<String>,
+
     /// Open streams and long polls one task may have; more get 503.
     #[arg(global = true, long, env = "PROGRESS_HUB_MAX_SUBSCRIBERS_PER_TASK", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_subscribers_per_task: u64,
@@ -294,6 +301,7 @@ impl Config {
             api_token_file: None,
             protect_reads: false,
             cors_origins: Vec::new(),
+            public_origin: None,
             max_subscribers_per_task: 1_000,
             max_subscribers: 10_000,
             max_tasks: 100_000,

@@ -219,7 +219,7 @@ impl Application {
             fan_out: state.hub.fan_out().cloned(),
             connection_runtimes: connection_runtimes.handles(),
             send_timeout: state.config.send_timeout(),
-            quick: Some(Arc::new(api::QuickPolls(state.clone()))),
+            quick: Some(Arc::new(api::QuickPolls::new(state.clone()))),
         };
         server::serve(self.listener, router, shutdown.token().clone(), options).await;
         let _ = janitor.await;

@@ -65,11 +65,13 @@ function afterChange() {
 // ---- writes ------------------------------------------------------------------------
 
 async function send(url, body) {
-  const init = { method: 'POST', headers: {}, signal: AbortSignal.timeout(WRITE_TIMEOUT_MS) };
-  if (body !== undefined) {
-    init.headers['Content-Type'] = 'application/json';
-    init.body = JSON.stringify(body);
-  }
+  // Every write says it is JSON, even without a body: the server refuses any other.
+  const init = {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    signal: AbortSignal.timeout(WRITE_TIMEOUT_MS),
+  };
+  if (body !== undefined) init.body = JSON.stringify(body);
   let response;
   try {
     response = await fetch(url, init);

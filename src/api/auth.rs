@@ -43,13 +43,28 @@ pub struct Security {
     /// Present with `--protect-reads`.
     pub read_key: Option<ReadKey>,
     pub origins: Origins,
+    /// The server listens on a loopback address only: requests must name a loopback
+    /// host (see [`super::guard`]).
+    pub loopback_only: bool,
+}
+
+impl Security {
+    /// Whether a request's `Host` may be answered (see [`super::guard`]).
+    pub fn host_allowed(&self, host: &[u8]) -> bool {
+        if !self.loopback_only || super::guard::is_loopback_host(host) {
+            return true;
+        }
+        let public = self.origins.public_host();
+        let name = std::str::from_utf8(host).map(|h| super::cors::host_name(h.trim()));
+        matches!((public, name), (Some(p), Ok(n)) if p.eq_ignore_ascii_case(n))
+    }
 }
 
 impl Security {
     /// Loads the token file and, with `--protect-reads`, the read-token key (created on
     /// first start). File work runs on a blocking thread.
     pub async fn load(config: &Config) -> Result<Security, SecurityError> {
-        let origins = Origins::parse(&config.cors_origins)?;
+        let origins = Origins::parse(&config.cors_origins, config.public_origin.as_deref())?;
         let (token, file) = (config.api_token.clone(), config.api_token_file.clone());
         let protect = config.protect_reads;
         let key_path = config.data_dir.join(super::read_token::KEY_FILE);
@@ -79,6 +94,7 @@ impl Security {
             tokens,
             read_key,
             origins,
+            loopback_only: config.listen.ip().is_loopback(),
         })
     }
 }

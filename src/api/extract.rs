@@ -102,7 +102,7 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-fn is_json_content_type(value: &str) -> bool {
+pub fn is_json_content_type(value: &str) -> bool {
     let mime = value.split(';').next().unwrap_or("").trim();
     mime.eq_ignore_ascii_case("application/json")
         || mime

@@ -6,6 +6,7 @@ mod cors;
 mod direct;
 mod error;
 mod extract;
+mod guard;
 mod health;
 mod index;
 mod limits;
@@ -107,12 +108,22 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        // A write must be one no foreign page could send (see guard.rs).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::writes,
+        ))
         .fallback(|| async { ApiError::NotFound("Not found".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // A body that stalls is answered 408 (see extract.rs), not waited for forever.
         .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
             state.config.idle_timeout_secs,
         )))
+        // Only loopback names on a loopback server (DNS rebinding, see guard.rs).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::host,
+        ))
         .layer(option_layer(state.security.origins.layer()))
         .with_state(state)
 }

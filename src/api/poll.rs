@@ -116,19 +116,32 @@ fn is_fresh<'a>(seq: u64, values: impl Iterator<Item = &'a [u8]>) -> bool {
 /// Plain polls (`GET /api/index-progress/{id}`, no query) answered on the quick lane
 /// ([`crate::server::quick`]) with the same status, headers and body as [`poll`]. Anything
 /// that needs more than a lookup goes to the router: protected reads, cross-origin
-/// requests (CORS headers), ids that are not valid as written, unknown tasks (errors).
-pub struct QuickPolls(pub AppState);
+/// requests (CORS headers), ids that are not valid as written, unknown tasks (errors),
+/// hosts the router refuses ([`super::guard`]).
+pub struct QuickPolls(AppState, Option<Vec<u8>>);
+
+impl QuickPolls {
+    pub fn new(state: AppState) -> QuickPolls {
+        // With `--cors-origin` the router's answers carry the CORS layer's headers.
+        let cors = state.security.origins.headers_without_origin();
+        QuickPolls(state, cors)
+    }
+}
 
 impl Quick for QuickPolls {
     fn answer(&self, path: &str, headers: &[httparse::Header<'_>], out: &mut Vec<u8>) -> Answer {
         let Some(raw) = path.strip_prefix("/api/index-progress/") else {
             return Answer::Pass;
         };
-        let state = &self.0;
+        let (state, Some(cors)) = (&self.0, &self.1) else {
+            return Answer::Pass;
+        };
         if state.security.read_key.is_some()
-            || headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("origin"))
+            || headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("origin")
+                    || (h.name.eq_ignore_ascii_case("host")
+                        && !state.security.host_allowed(h.value))
+            })
             || !TaskId::is_valid(raw)
         {
             return Answer::Pass;
@@ -152,6 +165,7 @@ impl Quick for QuickPolls {
             "HTTP/1.1 {status}\r\n{content_type}cache-control: no-store\r\netag: \"{}\"\r\n",
             event.seq()
         );
+        out.extend_from_slice(cors);
         if fresh {
             Answer::Empty
         } else {

@@ -30,15 +30,17 @@ struct Case {
     expect: Expect,
 }
 
-/// A request with `Connection: close`, the producer's token, and (with a body) JSON.
+/// A request with `Connection: close`, the producer's token, and (a write or with a body)
+/// JSON.
 fn http(method: &str, target: &str, extra: &[&str], body: &[u8]) -> Vec<u8> {
     let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n"
     );
     let has_type = extra
         .iter()
         .any(|h| h.to_ascii_lowercase().starts_with("content-type"));
-    if !body.is_empty() && !has_type {
+    // Writes say JSON, even without a body (the server refuses any other).
+    if !has_type && (method == "POST" || !body.is_empty()) {
         head.push_str("Content-Type: application/json\r\n");
     }
     let chunked = extra.iter().any(|h| h.contains("chunked"));
@@ -72,7 +74,7 @@ fn post(label: &str, target: &str, body: &[u8], status: u16) -> Case {
 }
 
 fn last_event_id(label: &str, value: &[u8], first: u64) -> Case {
-    let mut request = b"GET /api/index-progress/live/events HTTP/1.1\r\nHost: test\r\nConnection: close\r\nLast-Event-ID: ".to_vec();
+    let mut request = b"GET /api/index-progress/live/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nLast-Event-ID: ".to_vec();
     request.extend_from_slice(value);
     request.extend_from_slice(b"\r\n\r\n");
     case(label, request, Expect::StreamFrom(first))
@@ -468,7 +470,7 @@ async fn socket_cases(app: &TestApp) -> usize {
     // Slowloris: a header byte every 300 ms never completes within the header timeout.
     let mut slow = connect(app.addr).await;
     let request =
-        b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let started = Instant::now();
     let mut sent = 0;
     for byte in request.iter() {
@@ -496,7 +498,7 @@ async fn socket_cases(app: &TestApp) -> usize {
     // Headers complete, half the body, then nothing: the body idle timeout answers 408.
     let mut stalled = connect(app.addr).await;
     let head = format!(
-        "POST /api/tasks/live/progress HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+        "POST /api/tasks/live/progress HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
          Content-Length: 40\r\n\r\n{{\"processed\":"
     );
@@ -508,7 +510,7 @@ async fn socket_cases(app: &TestApp) -> usize {
     // A full request followed by a half-close (FIN): still answered.
     let mut closing = connect(app.addr).await;
     closing
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     closing.shutdown().await.unwrap();

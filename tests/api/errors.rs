@@ -229,7 +229,13 @@ async fn bad_inputs_get_clear_json_errors_and_lose_nothing() {
 #[tokio::test]
 async fn producer_bodies_may_be_empty_when_every_field_is_optional() {
     let app = spawn_app().await;
-    let response = app.client.post(app.url("/api/tasks")).send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/api/tasks"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await.unwrap();
     let id = created["task_id"].as_str().unwrap();
@@ -243,6 +249,7 @@ async fn producer_bodies_may_be_empty_when_every_field_is_optional() {
     let response = app
         .client
         .post(app.url(&format!("/api/tasks/{id}/complete")))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();

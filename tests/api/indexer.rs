@@ -621,6 +621,7 @@ async fn folders_outside_the_roots_are_refused_whether_or_not_they_exist() {
         .app
         .client
         .post(server.app.url("/api/index-folder"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();

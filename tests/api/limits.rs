@@ -136,6 +136,7 @@ async fn unfinished_tasks_per_token_get_429_until_one_finishes() {
     let done = app
         .client
         .post(app.url("/api/tasks/a1/complete"))
+        .header("content-type", "application/json")
         .bearer_auth("alpha-secret")
         .send()
         .await
@@ -239,7 +240,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
     let mut stream = connect(app.addr).await;
     for _ in 0..2 {
         stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         assert_eq!(read_one(&mut stream).await.status, 200);
@@ -278,10 +279,10 @@ async fn readers_that_stop_for_good_are_cut_off_after_the_send_timeout() {
         stream
     };
     let mut streams = vec![
-        stalled("GET /api/index-progress/stuck/events HTTP/1.1\r\nHost: x\r\n\r\n").await,
-        stalled("GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        stalled("GET /api/index-progress/stuck/events HTTP/1.1\r\nHost: localhost\r\n\r\n").await,
+        stalled("GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n").await,
         stalled(
-            "GET /api/index-progress/stuck/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            "GET /api/index-progress/stuck/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
              Sec-WebSocket-Version: 13\r\n\r\n",
         )

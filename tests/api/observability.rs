@@ -41,7 +41,7 @@ async fn readyz_is_ready_then_not_as_soon_as_shutdown_starts() {
         "stream ended by shutdown"
     );
     waiting
-        .write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"Host: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let answer = read_to_close(&mut waiting).await.expect("an answer");

@@ -25,7 +25,7 @@ fn comparable(response: &RawResponse) -> Vec<(String, String)> {
 }
 
 async fn get(stream: &mut tokio::net::TcpStream, path: &str, extra: &str) -> RawResponse {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     read_one(stream).await
 }
@@ -70,11 +70,11 @@ async fn pipelined_requests_are_answered_in_order_across_the_hand_over() {
     app.create_task("second", 10).await;
     let body = r#"{"processed":7}"#;
     let requests = format!(
-        "GET /api/index-progress/first HTTP/1.1\r\nHost: t\r\n\r\n\
-         GET /api/index-progress/second HTTP/1.1\r\nHost: t\r\n\r\n\
-         POST /api/tasks/first/progress HTTP/1.1\r\nHost: t\r\n\
+        "GET /api/index-progress/first HTTP/1.1\r\nHost: localhost\r\n\r\n\
+         GET /api/index-progress/second HTTP/1.1\r\nHost: localhost\r\n\r\n\
+         POST /api/tasks/first/progress HTTP/1.1\r\nHost: localhost\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}\
-         GET /api/index-progress/first HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+         GET /api/index-progress/first HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let mut stream = connect(app.addr).await;
@@ -121,7 +121,7 @@ async fn a_request_that_arrives_in_pieces_is_answered() {
     for piece in [
         &b"GE"[..],
         b"T /api/index-progress/pie",
-        b"ces HTTP/1.1\r\nHost: t\r",
+        b"ces HTTP/1.1\r\nHost: localhost\r",
         b"\n\r",
         b"\n",
     ] {
@@ -137,7 +137,8 @@ async fn a_request_that_arrives_in_pieces_is_answered() {
 async fn connection_close_and_half_close_are_honoured() {
     let app = spawn_app().await;
     app.create_task("bye", 4).await;
-    let close = b"GET /api/index-progress/bye HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let close =
+        b"GET /api/index-progress/bye HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let answer = send(app.addr, close)
         .await
         .expect("an answer, then the close");
@@ -148,7 +149,7 @@ async fn connection_close_and_half_close_are_honoured() {
     // The request, then FIN from the client: answered all the same, then closed.
     let mut stream = connect(app.addr).await;
     stream
-        .write_all(b"GET /api/index-progress/bye HTTP/1.1\r\nHost: t\r\n\r\n")
+        .write_all(b"GET /api/index-progress/bye HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     stream.shutdown().await.unwrap();
@@ -292,7 +293,7 @@ async fn clients_that_never_read_their_answers_are_cut_off_after_the_send_timeou
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let stream = within(socket.connect(app.addr)).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").repeat(REQUESTS);
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").repeat(REQUESTS);
         // Writing may block once the server stops reading (it waits on its own writes).
         let (mut reader, mut writer) = stream.into_split();
         let sending = tokio::spawn(async move {

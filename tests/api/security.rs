@@ -1,10 +1,11 @@
 //! API tokens (flag and file, several, wrong, none), read protection (query token, cookie,
 //! bearer; missing or another task's token is 401), CORS preflights and the WebSocket
-//! `Origin` check.
+//! `Origin` check, cross-site writes and DNS rebinding.
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, within, TestApp};
 use progress_hub::config::Config;
 use progress_hub::{Application, StartError};
 
@@ -328,4 +329,179 @@ async fn websocket_upgrades_check_the_origin() {
         ws_with_origin(&open, Some("https://evil.example")).await,
         101
     );
+}
+
+/// A raw request's answer (so that `Host` and the content type are exactly the test's).
+async fn raw(app: &TestApp, head: &str, body: &str) -> crate::raw::RawResponse {
+    let request = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    crate::raw::send(app.addr, request.as_bytes())
+        .await
+        .expect("an answer")
+}
+
+#[tokio::test]
+async fn writes_must_be_json_and_from_no_foreign_origin() {
+    let app = spawn_app_with(|c| c.cors_origins = vec!["https://app.example".to_string()]).await;
+    app.seed_live_and_ended().await;
+    let own = format!("http://{}", app.addr);
+    let host = app.addr.to_string();
+    for (what, headers, body) in [
+        (
+            "text/plain",
+            "Content-Type: text/plain",
+            r#"{"processed": 9}"#,
+        ),
+        (
+            "form",
+            "Content-Type: application/x-www-form-urlencoded",
+            "a=b",
+        ),
+        ("no type, empty body", "", ""),
+        ("no type, JSON body", "", r#"{"processed": 9}"#),
+    ] {
+        for path in [
+            "/api/tasks/live/progress",
+            "/api/tasks/live/cancel",
+            "/api/tasks",
+        ] {
+            let head = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}");
+            let head = head.trim_end_matches("\r\n");
+            let answer = raw(&app, head, body).await;
+            assert_eq!(answer.status, 415, "{what} to {path}");
+            let json = answer.json().expect("a JSON error");
+            assert_eq!(json["error"], "Content-Type must be application/json");
+        }
+    }
+    // JSON from a foreign page is refused; from a listed origin or the page's own, not.
+    let foreign = format!(
+        "POST /api/tasks/live/cancel HTTP/1.1\r\nHost: {host}\r\nOrigin: https://evil.example\r\n\
+         Content-Type: application/json"
+    );
+    let answer = raw(&app, &foreign, "").await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.json().unwrap()["error"], "Origin not allowed");
+    app.assert_seeded_tasks_untouched().await;
+    for origin in ["https://app.example", own.as_str()] {
+        let head = format!(
+            "POST /api/tasks HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n\
+             Content-Type: application/json; charset=utf-8"
+        );
+        let id = if origin == own { "own" } else { "listed" };
+        let answer = raw(&app, &head, &format!(r#"{{"id": "{id}"}}"#)).await;
+        assert_eq!(answer.status, 201, "{origin}");
+    }
+    // An empty JSON write is still a write: cancel with no body.
+    let head = format!(
+        "POST /api/tasks/own/cancel HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+    );
+    assert_eq!(raw(&app, &head, "").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_loopback_server_answers_loopback_hosts_only_on_every_path() {
+    let app = spawn_app().await;
+    app.create_task("rebind", 4).await;
+    let port = app.addr.port();
+    for path in [
+        // The quick lane's poll, the router's poll, a listing, a stream.
+        "/api/index-progress/rebind",
+        "/api/index-progress/rebind?since=0",
+        "/api/tasks",
+        "/api/index-progress/rebind/events",
+    ] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: evil.example:{port}");
+        let answer = raw(&app, &head, "").await;
+        assert_eq!(answer.status, 403, "{path}");
+        let error = answer.json().expect("a JSON error")["error"].to_string();
+        assert!(error.contains("Host not allowed"), "{path}: {error}");
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            "[::1]".to_string(),
+        ] {
+            if path.ends_with("/events") {
+                continue;
+            }
+            let head = format!("GET {path} HTTP/1.1\r\nHost: {host}");
+            assert_eq!(raw(&app, &head, "").await.status, 200, "{path} {host}");
+        }
+    }
+    let write = format!(
+        "POST /api/tasks/rebind/cancel HTTP/1.1\r\nHost: evil.example:{port}\r\n\
+         Content-Type: application/json"
+    );
+    assert_eq!(raw(&app, &write, "").await.status, 403);
+    let snapshot = app.get_json("/api/index-progress/rebind").await;
+    assert_eq!(snapshot["status"], "pending");
+
+    // Behind a proxy that keeps its own name in `Host`: `--public-origin` names it.
+    let app = spawn_app_with(|c| c.public_origin = Some("https://progress.example".into())).await;
+    app.create_task("proxied", 4).await;
+    let head = "GET /api/index-progress/proxied HTTP/1.1\r\nHost: progress.example";
+    assert_eq!(raw(&app, head, "").await.status, 200);
+    let head = "GET /api/index-progress/proxied HTTP/1.1\r\nHost: evil.example";
+    assert_eq!(raw(&app, head, "").await.status, 403);
+}
+
+#[tokio::test]
+async fn quick_lane_polls_carry_the_routers_cors_headers() {
+    let app = spawn_app_with(|c| c.cors_origins = vec!["https://app.example".to_string()]).await;
+    app.create_task("corsy", 4).await;
+    let host = app.addr.to_string();
+    let quick = raw(
+        &app,
+        &format!("GET /api/index-progress/corsy HTTP/1.1\r\nHost: {host}"),
+        "",
+    )
+    .await;
+    let routed = raw(
+        &app,
+        &format!("GET /api/index-progress/corsy?since=0 HTTP/1.1\r\nHost: {host}"),
+        "",
+    )
+    .await;
+    let comparable = |r: &crate::raw::RawResponse| {
+        let mut headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("date"))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect();
+        headers.sort();
+        headers
+    };
+    assert_eq!(quick.status, 200);
+    assert_eq!(comparable(&quick), comparable(&routed));
+    assert!(quick.header("vary").is_some(), "{:?}", quick.headers);
+}
+
+#[tokio::test]
+async fn a_websocket_through_a_proxy_that_rewrites_host_counts_as_same_origin() {
+    let listed = vec!["https://app.example".to_string()];
+    for (public, expected) in [(None, 403), (Some("https://progress.example"), 101)] {
+        let app = spawn_app_with(|c| {
+            c.cors_origins = listed.clone();
+            c.public_origin = public.map(str::to_string);
+        })
+        .await;
+        app.create_task("pws", 1).await;
+        let head = format!(
+            "GET /api/index-progress/pws/ws HTTP/1.1\r\nHost: {}\r\nOrigin: https://progress.example\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            app.addr
+        );
+        let mut stream = crate::raw::connect(app.addr).await;
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let n = within(stream.read(&mut buffer)).await.unwrap();
+        let text = String::from_utf8_lossy(&buffer[..n]);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{public:?}: {text}"
+        );
+    }
 }

@@ -187,7 +187,7 @@ async fn a_stalled_reader_is_resynced_and_never_slows_the_producer() {
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(app.addr).await.unwrap();
     stalled
-        .write_all(b"GET /api/index-progress/flood/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /api/index-progress/flood/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     wait_until(|| app.hub.listeners(&task_id("flood")) == 1).await;

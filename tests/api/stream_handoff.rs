@@ -27,7 +27,7 @@ async fn open(
     version: &str,
 ) -> (TcpStream, String, Vec<u8>) {
     let mut socket = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} {version}\r\nHost: test\r\n\r\n");
+    let request = format!("GET {path} {version}\r\nHost: localhost\r\n\r\n");
     socket
         .write_all(request.as_bytes())
         .await

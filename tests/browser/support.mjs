@@ -86,8 +86,8 @@ export async function startServer({ dataDir, listen = '127.0.0.1:0', indexRoots 
 /** The producer API, as a program in any language would use it. */
 export function producer(baseUrl, token) {
   async function call(method, path, body) {
-    const headers = {};
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    // Writes say JSON even without a body: the server refuses any other.
+    const headers = { 'Content-Type': 'application/json' };
     if (token) headers.Authorization = `Bearer ${token}`;
     const response = await fetch(baseUrl + path, {
       method,
