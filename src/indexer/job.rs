@@ -86,6 +86,8 @@ enum FileOutcome {
     Indexed {
         format: Format,
         text: String,
+        /// What could not be read of it (the file is indexed with the rest).
+        problems: Vec<String>,
         stamp: FileStamp,
     },
     Unchanged(FileStamp),
@@ -141,6 +143,7 @@ impl Job<'_> {
                     FileOutcome::Indexed {
                         format,
                         text,
+                        problems,
                         stamp,
                     } => {
                         let name = entry.path.file_name().unwrap_or_default().to_string_lossy();
@@ -157,6 +160,9 @@ impl Job<'_> {
                         }
                         put_order.push(i);
                         tally.indexed(format, stamp.size);
+                        if !problems.is_empty() {
+                            tally.partly_read(&entry.relative, problems.join("; "));
+                        }
                         kept.insert(key.into_owned());
                     }
                     FileOutcome::Unchanged(stamp) => {
@@ -391,9 +397,10 @@ impl Job<'_> {
             max_expanded_bytes: max.saturating_mul(4).max(64 << 20),
         };
         match extract::extract(format, &bytes, limits, cancel, pages) {
-            Ok(text) => FileOutcome::Indexed {
+            Ok(extracted) => FileOutcome::Indexed {
                 format,
-                text,
+                text: extracted.text,
+                problems: extracted.problems,
                 stamp,
             },
             Err(ExtractError::Cancelled) => FileOutcome::Cancelled,
