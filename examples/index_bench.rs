@@ -254,6 +254,12 @@ fn dir_size(dir: &Path) -> u64 {
 fn generate(folder: &Path, files: usize, total_bytes: u64) -> (usize, u64) {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let vocabulary: Vec<String> = (0..50_000).map(|_| word(&mut rng)).collect();
+    let cjk_vocabulary: Vec<String> = (0..20_000)
+        .map(|_| {
+            let len = 1 + (rng.next() % 4) as usize;
+            (0..len).map(|_| cjk_char(&mut rng)).collect()
+        })
+        .collect();
     let mean = (total_bytes / files.max(1) as u64).max(64);
     let mut written = 0;
     for i in 0..files {
@@ -271,8 +277,11 @@ fn generate(folder: &Path, files: usize, total_bytes: u64) -> (usize, u64) {
         let mut text = String::with_capacity(size + 64);
         while text.len() < size {
             if format == "cjk" {
-                text.push(cjk_char(&mut rng));
-                if rng.next().is_multiple_of(40) {
+                // Words of one to four characters, as skewed as the Latin ones, with no
+                // spaces between them.
+                let r = rng.next() % cjk_vocabulary.len() as u64;
+                text.push_str(&cjk_vocabulary[(r * r / cjk_vocabulary.len() as u64) as usize]);
+                if rng.next().is_multiple_of(12) {
                     text.push_str(if rng.next().is_multiple_of(2) {
                         "、"
                     } else {
@@ -305,13 +314,15 @@ fn generate(folder: &Path, files: usize, total_bytes: u64) -> (usize, u64) {
     (files, written)
 }
 
-/// A Han or Kana character, Han three times in four.
+/// One of the 2,000 most used Han characters (by code point here: the real list is not
+/// needed, only its size) or a Kana, the common ones more often.
 fn cjk_char(rng: &mut XorShift) -> char {
     let r = rng.next();
     let code = if r.is_multiple_of(4) {
         0x3041 + (r >> 8) % 0x56
     } else {
-        0x4E00 + (r >> 8) % 0x1000
+        let k = (r >> 8) % 2_000;
+        0x4E00 + k * k / 2_000 * 8 + (r >> 40) % 8
     };
     char::from_u32(code as u32).unwrap_or('字')
 }
