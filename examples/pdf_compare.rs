@@ -248,6 +248,18 @@ fn fixtures() -> Vec<Sample> {
             expected: vec!["自動採点", "マークシート", "ASCII", "survive"],
         },
         Sample {
+            name: "reportlab: HeiseiMin-W3 + Helvetica".into(),
+            bytes: include_bytes!("../tests/fixtures/pdf/reportlab-cjk.pdf").to_vec(),
+            expected: vec![
+                "自動採点",
+                "マークシート",
+                "選択式",
+                "評定",
+                "grading",
+                "English",
+            ],
+        },
+        Sample {
             name: "fixture: missing middle page".into(),
             bytes: bad_middle_page_pdf(),
             expected: vec!["gnu", "yak"],

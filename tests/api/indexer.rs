@@ -534,12 +534,17 @@ async fn pdfs_keep_what_can_be_read_and_list_what_cannot() {
         cjk_cmap_pdf("自動採点では、マークシートの選択式問題を評定します。"),
     );
     write(&docs.join("pages.pdf"), bad_middle_page_pdf());
+    // Written by reportlab (tests/fixtures/pdf/make_reportlab_cjk.py).
+    write(
+        &docs.join("reportlab.pdf"),
+        include_bytes!("../fixtures/pdf/reportlab-cjk.pdf"),
+    );
     let server = spawn(vec![base.clone()]).await;
     let done = server
         .wait_until_finished(&server.start("docs").await)
         .await;
     let results = &done["results"];
-    assert_eq!(results["files_indexed"], 3, "{results}");
+    assert_eq!(results["files_indexed"], 4, "{results}");
     assert_eq!(results["files_failed"], 0, "{results}");
     assert_eq!(results["files_partly_read"], 2, "{results}");
     assert!(reason_of(&results["partly_read"], "amc.pdf").contains("font F3"));
@@ -549,15 +554,19 @@ async fn pdfs_keep_what_can_be_read_and_list_what_cannot() {
         ("verification", "tex.pdf"),
         ("defined", "tex.pdf"),
         ("efficient", "tex.pdf"),
-        ("選択式", "amc.pdf"),
-        ("評定", "amc.pdf"),
-        ("自動採点", "amc.pdf"),
-        ("マークシート", "amc.pdf"),
         ("survive", "amc.pdf"),
+        ("システム", "reportlab.pdf"),
+        ("English", "reportlab.pdf"),
         ("gnu", "pages.pdf"),
         ("yak", "pages.pdf"),
     ] {
         assert_eq!(server.hits(word).await, [path(file)], "{word}");
+    }
+    // In both Japanese files.
+    for word in ["選択式", "評定", "自動採点", "マークシート"] {
+        let mut hits = server.hits(word).await;
+        hits.sort();
+        assert_eq!(hits, [path("amc.pdf"), path("reportlab.pdf")], "{word}");
     }
     server.stop().await;
 }

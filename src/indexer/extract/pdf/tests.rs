@@ -107,3 +107,30 @@ fn a_password_protected_pdf_fails_cleanly() {
     let error = to_text(&bytes, &CancellationToken::new(), &FileProgress::default()).unwrap_err();
     assert!(error.to_string().contains("encrypted"), "{error}");
 }
+
+#[test]
+fn a_reportlab_file_with_a_standard_cjk_font_is_read() {
+    // Made by tests/fixtures/pdf/make_reportlab_cjk.py.
+    let read = read(include_bytes!(
+        "../../../../tests/fixtures/pdf/reportlab-cjk.pdf"
+    ));
+    assert!(read.problems.is_empty(), "{:?}", read.problems);
+    assert_eq!(
+        words(&read.text),
+        [
+            "自動採点システムは、マークシート形式の選択式問題を評定します。",
+            "Automatic",
+            "grading",
+            "of",
+            "multiple",
+            "choice",
+            "sheets.",
+            "A",
+            "second",
+            "page",
+            "in",
+            "English",
+            "only."
+        ]
+    );
+}
