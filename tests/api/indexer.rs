@@ -464,7 +464,7 @@ async fn chinese_and_japanese_words_are_found_inside_sentences() {
     let ja = base.join("docs/ja.txt");
     write(
         &ja,
-        "自動採点システムを使うと、マークシート形式の選択式問題を評定できます。\
+        "自動採点システムを使うと、マークシー\nト形式の選択式問題を評定できます。\
          答案用紙をスキャンして、成績を自動的に計算します。",
     );
     let zh = base.join("docs/zh.html");
@@ -509,7 +509,8 @@ async fn chinese_and_japanese_words_are_found_inside_sentences() {
             "{word}"
         );
     }
-    // The characters must stand together, in this order.
+    // A line break inside a word ("マークシー\nト") does not split it. The characters
+    // must stand together, in this order.
     for word in ["採点式", "定評", "シートマーク"] {
         assert!(server.hits(word).await.is_empty(), "{word}");
     }
