@@ -1,6 +1,8 @@
 //! Indexing benchmark: generates a corpus, reads it raw, then indexes it with the job
 //! the server runs, and prints files/s and MB/s of both and their ratio, so that one
-//! run shows how close indexing comes to the speed of reading the files.
+//! run shows how close indexing comes to the speed of reading the files. Then it indexes
+//! each format's part of the corpus on its own (text, Markdown, HTML, source, PDF, and
+//! Chinese/Japanese text) and prints files/s and MB/s per format.
 //!
 //! ```text
 //! cargo run --release --example index_bench -- --files 10000 --mb 200
@@ -22,6 +24,19 @@ use progress_hub::indexer::job::{Job, JobEnd, JobSettings};
 use progress_hub::indexer::report::Silent;
 use progress_hub::indexer::roots::IndexRoots;
 use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/fixtures/pdf.rs"]
+mod pdf_fixture;
+
+/// The corpus's formats, one folder each: (folder, what it holds).
+const FORMATS: [(&str, &str); 6] = [
+    ("text", "plain text"),
+    ("markdown", "Markdown"),
+    ("html", "HTML"),
+    ("source", "Rust source"),
+    ("pdf", "PDF"),
+    ("cjk", "Chinese/Japanese text"),
+];
 
 #[derive(Parser)]
 struct Args {
@@ -83,10 +98,12 @@ fn main() {
         // indexing, not checkpoint spacing.
         checkpoint_every: None,
     };
-    let run = || {
+    let job = |index: &SearchIndex, folder: &Path| {
+        let roots = IndexRoots::new(&[folder.to_path_buf()]).expect("roots");
+        let folder = roots.as_slice()[0].clone();
         let cancel = CancellationToken::new();
         let job = Job {
-            index: &index,
+            index,
             roots: &roots,
             folder: &folder,
             settings: &settings,
@@ -99,11 +116,11 @@ fn main() {
         };
         (results, started.elapsed(), cpu_seconds() - cpu)
     };
-    let (results, took, cpu) = run();
+    let (results, took, cpu) = job(&index, &folder);
     assert_eq!(results["files_indexed"].as_u64(), Some(paths.len() as u64));
     let indexed = Rate::new(paths.len(), read_bytes, took, cpu);
     indexed.print("index (new)");
-    let (results, took, cpu) = run();
+    let (results, took, cpu) = job(&index, &folder);
     assert_eq!(
         results["files_unchanged"].as_u64(),
         Some(paths.len() as u64)
@@ -116,6 +133,30 @@ fn main() {
         reindexed.mb_per_s() / raw.mb_per_s()
     );
     println!("index on disk: {:.1} MB", dir_size(&index_dir) as f64 / 1e6);
+
+    println!("per format (each on its own, into a fresh index):");
+    for (name, what) in FORMATS {
+        let part = folder.join(name);
+        let files = list(&part);
+        if files.is_empty() {
+            continue;
+        }
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let part_index_dir = base.join(format!("index-{name}"));
+        let _ = std::fs::remove_dir_all(&part_index_dir);
+        let part_index = SearchIndex::open_or_create(&part_index_dir).expect("index");
+        let (results, took, cpu) = job(&part_index, &part);
+        assert_eq!(
+            results["files_indexed"].as_u64(),
+            Some(files.len() as u64),
+            "{results}"
+        );
+        Rate::new(files.len(), bytes, took, cpu).print(what);
+    }
 }
 
 struct Rate {
@@ -207,21 +248,48 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Text, Markdown, HTML and source files of varied sizes around the mean, made of
-/// words drawn from a vocabulary large enough to give the index real work.
+/// Files of every format, of varied sizes around the mean, made of words drawn from a
+/// vocabulary large enough to give the index real work: plain text, Markdown, HTML and
+/// source files, PDFs (one page per 3 KB of text), and unspaced Chinese/Japanese text.
 fn generate(folder: &Path, files: usize, total_bytes: u64) -> (usize, u64) {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let vocabulary: Vec<String> = (0..50_000).map(|_| word(&mut rng)).collect();
+    let cjk_vocabulary: Vec<String> = (0..20_000)
+        .map(|_| {
+            let len = 1 + (rng.next() % 4) as usize;
+            (0..len).map(|_| cjk_char(&mut rng)).collect()
+        })
+        .collect();
     let mean = (total_bytes / files.max(1) as u64).max(64);
     let mut written = 0;
     for i in 0..files {
-        let dir = folder.join(format!("{:03}", i % 200));
-        if i < 200 {
-            std::fs::create_dir_all(&dir).expect("corpus folder");
-        }
+        let (format, _) = FORMATS[match i % 10 {
+            0..=2 => 0,
+            3 | 4 => 1,
+            5 | 6 => 2,
+            7 => 3,
+            8 => 4,
+            _ => 5,
+        }];
+        let dir = folder.join(format).join(format!("{:03}", (i / 10) % 100));
+        std::fs::create_dir_all(&dir).expect("corpus folder");
         let size = (mean / 2 + rng.next() % mean) as usize;
         let mut text = String::with_capacity(size + 64);
         while text.len() < size {
+            if format == "cjk" {
+                // Words of one to four characters, as skewed as the Latin ones, with no
+                // spaces between them.
+                let r = rng.next() % cjk_vocabulary.len() as u64;
+                text.push_str(&cjk_vocabulary[(r * r / cjk_vocabulary.len() as u64) as usize]);
+                if rng.next().is_multiple_of(12) {
+                    text.push_str(if rng.next().is_multiple_of(2) {
+                        "、"
+                    } else {
+                        "。\n"
+                    });
+                }
+                continue;
+            }
             // Zipf-like: common words often, rare words now and then.
             let r = rng.next() % vocabulary.len() as u64;
             let rank = (r * r / vocabulary.len() as u64) as usize;
@@ -229,19 +297,75 @@ fn generate(folder: &Path, files: usize, total_bytes: u64) -> (usize, u64) {
             let line_end = rng.next().is_multiple_of(12);
             text.push(if line_end { '\n' } else { ' ' });
         }
-        let (name, contents) = match i % 5 {
-            0 | 1 => (format!("doc{i}.txt"), text),
-            2 => (format!("doc{i}.md"), format!("# Title {i}\n\n{text}\n\n- item *one*\n")),
-            3 => (
+        let (name, contents) = match format {
+            "text" => (format!("doc{i}.txt"), text.into_bytes()),
+            "markdown" => (format!("doc{i}.md"), format!("# Title {i}\n\n{text}\n\n- item *one*\n").into_bytes()),
+            "html" => (
                 format!("doc{i}.html"),
-                format!("<html><head><title>Doc {i}</title><style>p{{margin:0}}</style></head><body><p>{text}</p></body></html>"),
+                format!("<html><head><title>Doc {i}</title><style>p{{margin:0}}</style></head><body><p>{text}</p></body></html>").into_bytes(),
             ),
-            _ => (format!("mod{i}.rs"), format!("// Module {i}\nfn f{i}() {{\n    /* {text} */\n}}\n")),
+            "source" => (format!("mod{i}.rs"), format!("// Module {i}\nfn f{i}() {{\n    /* {text} */\n}}\n").into_bytes()),
+            "pdf" => (format!("doc{i}.pdf"), text_pdf(&text)),
+            _ => (format!("doc{i}.txt"), text.into_bytes()),
         };
         written += contents.len() as u64;
         std::fs::write(dir.join(name), contents).expect("corpus file");
     }
     (files, written)
+}
+
+/// One of the 2,000 most used Han characters (by code point here: the real list is not
+/// needed, only its size) or a Kana, the common ones more often.
+fn cjk_char(rng: &mut XorShift) -> char {
+    let r = rng.next();
+    let code = if r.is_multiple_of(4) {
+        0x3041 + (r >> 8) % 0x56
+    } else {
+        let k = (r >> 8) % 2_000;
+        0x4E00 + k * k / 2_000 * 8 + (r >> 40) % 8
+    };
+    char::from_u32(code as u32).unwrap_or('字')
+}
+
+/// A PDF setting `text` in Helvetica, 40 lines of up to 75 characters per page.
+fn text_pdf(text: &str) -> Vec<u8> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if line.len() + word.len() > 75 {
+            lines.push(std::mem::take(&mut line));
+        }
+        line.push_str(word);
+        line.push(' ');
+    }
+    lines.push(line);
+    let pages: Vec<&[String]> = lines.chunks(40).collect();
+    let kids: Vec<String> = (0..pages.len())
+        .map(|p| format!("{} 0 R", 4 + 2 * p))
+        .collect();
+    let mut objects = vec![
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {} >>",
+            kids.join(" "),
+            pages.len()
+        ),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+    ];
+    for (p, page) in pages.iter().enumerate() {
+        let shown: String = page.iter().map(|l| format!("({l}) Tj 0 -16 Td ")).collect();
+        let stream = format!("BT /F1 11 Tf 60 760 Td {shown}ET");
+        objects.push(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {} 0 R \
+             /Resources << /Font << /F1 3 0 R >> >> >>",
+            5 + 2 * p
+        ));
+        objects.push(format!(
+            "<< /Length {} >>\nstream\n{stream}\nendstream",
+            stream.len()
+        ));
+    }
+    pdf_fixture::pdf_from_objects(&objects)
 }
 
 fn word(rng: &mut XorShift) -> String {

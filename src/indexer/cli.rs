@@ -152,11 +152,13 @@ fn print_summary(results: &Value) {
         n("duration_ms") as f64 / 1e3,
         n("documents_in_index"),
     );
-    for failure in results["failures"].as_array().into_iter().flatten() {
-        println!(
-            "failed: {}: {}",
-            failure["file"].as_str().unwrap_or(""),
-            failure["reason"].as_str().unwrap_or("")
-        );
+    for (list, label) in [("failures", "failed"), ("partly_read", "partly read")] {
+        for entry in results[list].as_array().into_iter().flatten() {
+            println!(
+                "{label}: {}: {}",
+                entry["file"].as_str().unwrap_or(""),
+                entry["reason"].as_str().unwrap_or("")
+            );
+        }
     }
 }

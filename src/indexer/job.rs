@@ -34,6 +34,9 @@ const REPORT_EVERY: Duration = Duration::from_millis(10);
 /// How often the job looks at its state when no file finishes (a slow file, the index
 /// writer catching up).
 const TICK: Duration = Duration::from_millis(100);
+/// While the index writer's queue does not move, it is checked this often for a dead
+/// indexing thread (each check queues a no-op for the writer).
+const CHECK_WRITER_EVERY: Duration = Duration::from_millis(250);
 /// A file in work for this long becomes the `current_file`, with its time and pages, so
 /// that a job busy with one large file shows it and is not taken for stalled: its
 /// seconds count up, so a report goes out at least once a second.
@@ -86,6 +89,8 @@ enum FileOutcome {
     Indexed {
         format: Format,
         text: String,
+        /// What could not be read of it (the file is indexed with the rest).
+        problems: Vec<String>,
         stamp: FileStamp,
     },
     Unchanged(FileStamp),
@@ -141,6 +146,7 @@ impl Job<'_> {
                     FileOutcome::Indexed {
                         format,
                         text,
+                        problems,
                         stamp,
                     } => {
                         let name = entry.path.file_name().unwrap_or_default().to_string_lossy();
@@ -157,6 +163,9 @@ impl Job<'_> {
                         }
                         put_order.push(i);
                         tally.indexed(format, stamp.size);
+                        if !problems.is_empty() {
+                            tally.partly_read(&entry.relative, problems.join("; "));
+                        }
                         kept.insert(key.into_owned());
                     }
                     FileOutcome::Unchanged(stamp) => {
@@ -215,15 +224,19 @@ impl Job<'_> {
         tally.fill(&mut progress);
         progress.current_file_pages = None;
         let mut moved_at = Instant::now();
+        let mut checked_at = Instant::now();
         while !self.cancel.is_cancelled() {
             let pending = session.pending();
             let processed = accounted - pending;
             if processed != progress.processed {
                 moved_at = Instant::now();
                 progress.processed = processed;
-            } else if let Err(error) = session.check() {
-                session.rollback();
-                return JobEnd::Failed(format!("index writer failed: {error}"));
+            } else if checked_at.elapsed() >= CHECK_WRITER_EVERY {
+                checked_at = Instant::now();
+                if let Err(error) = session.check() {
+                    session.rollback();
+                    return JobEnd::Failed(format!("index writer failed: {error}"));
+                }
             }
             let still = moved_at.elapsed();
             progress.current_file_seconds = 0;
@@ -391,9 +404,10 @@ impl Job<'_> {
             max_expanded_bytes: max.saturating_mul(4).max(64 << 20),
         };
         match extract::extract(format, &bytes, limits, cancel, pages) {
-            Ok(text) => FileOutcome::Indexed {
+            Ok(extracted) => FileOutcome::Indexed {
                 format,
-                text,
+                text: extracted.text,
+                problems: extracted.problems,
                 stamp,
             },
             Err(ExtractError::Cancelled) => FileOutcome::Cancelled,

@@ -22,8 +22,11 @@ pub struct Tally {
     /// Bytes read from disk: indexed and unchanged files (the latter to hash them).
     pub bytes: u64,
     indexed_by_format: [u64; Format::ALL.len()],
+    /// Files indexed without some of their content (a PDF's unreadable page or font).
+    pub partly_read: u64,
     skips: Vec<(String, String)>,
     failures: Vec<(String, String)>,
+    problems: Vec<(String, String)>,
 }
 
 impl Tally {
@@ -50,6 +53,13 @@ impl Tally {
         self.failed += 1;
         if self.failures.len() < MAX_LISTED {
             self.failures.push((file.to_string(), reason));
+        }
+    }
+
+    pub fn partly_read(&mut self, file: &str, reason: String) {
+        self.partly_read += 1;
+        if self.problems.len() < MAX_LISTED {
+            self.problems.push((file.to_string(), reason));
         }
     }
 
@@ -81,10 +91,12 @@ impl Tally {
             "files_skipped": self.skipped,
             "files_failed": self.failed,
             "files_removed": self.removed,
+            "files_partly_read": self.partly_read,
             "indexed_by_format": by_format,
             "bytes": self.bytes,
             "failures": listed(&self.failures),
             "skipped": listed(&self.skips),
+            "partly_read": listed(&self.problems),
             "documents_in_index": documents,
             "duration_ms": took.as_millis() as u64,
         })

@@ -9,7 +9,9 @@
 //! is indexed as `自 自動 動 動採 採 採点 点`, each pair at the position of its first
 //! character. A query goes through the same tokenizer, so `自動採点` becomes a phrase of
 //! those same tokens and matches wherever the four characters stand together, inside any
-//! sentence; a one-character query (`式`) matches the character. Text in other scripts
+//! sentence; a one-character query (`式`) matches the character. A line break between two
+//! such characters does not end the run, since these lines break anywhere, also inside
+//! words (hard-wrapped text files, PDF lines). Text in other scripts
 //! gets exactly the tokens it had before, so their ranking does not change.
 
 use std::str::CharIndices;
@@ -100,9 +102,20 @@ impl WordStream<'_> {
             self.emit(current.start, current.end, true);
             return true;
         }
-        // The pair with the next character, if that one is CJK too.
+        // The pair with the next character, if that one is CJK too. A line break between
+        // two CJK characters is no word break (lines of Chinese and Japanese break
+        // anywhere, also inside words), as browsers treat it.
         let mut ahead = self.chars.clone();
-        match ahead.next() {
+        let mut next = ahead.next();
+        if let Some((_, '\r')) = next {
+            next = ahead.next();
+        }
+        let mut joined_lines = false;
+        if let Some((_, '\n')) = next {
+            next = ahead.next();
+            joined_lines = true;
+        }
+        match next {
             Some((start, c)) if is_cjk(c) => {
                 let end = start + c.len_utf8();
                 self.chars = ahead;
@@ -112,6 +125,14 @@ impl WordStream<'_> {
                     single_sent: false,
                 });
                 self.emit(current.start, end, false);
+                if joined_lines {
+                    // The pair's text is the two characters, without the break.
+                    self.token.text.clear();
+                    self.token
+                        .text
+                        .push_str(&self.text[current.start..current.end]);
+                    self.token.text.push_str(&self.text[start..end]);
+                }
                 true
             }
             _ => {
@@ -176,7 +197,11 @@ mod tests {
         let mut out = Vec::new();
         while stream.advance() {
             let t = stream.token();
-            assert_eq!(&text[t.offset_from..t.offset_to], t.text);
+            let covered: String = text[t.offset_from..t.offset_to]
+                .chars()
+                .filter(|c| !matches!(c, '\r' | '\n'))
+                .collect();
+            assert_eq!(covered, t.text);
             out.push((t.position, t.text.clone()));
         }
         out
@@ -226,6 +251,20 @@ mod tests {
                 (4, "ー"),
                 (4, "ート"),
                 (5, "ト")
+            ])
+        );
+        // A line break inside a CJK run does not break it.
+        assert_eq!(tokens("自動\n採点"), tokens("自動採点"));
+        assert_eq!(tokens("自動\r\n採点"), tokens("自動採点"));
+        assert_eq!(
+            tokens("自動\n\n採点"),
+            owned(&[
+                (0, "自"),
+                (0, "自動"),
+                (1, "動"),
+                (2, "採"),
+                (2, "採点"),
+                (3, "点")
             ])
         );
         assert_eq!(

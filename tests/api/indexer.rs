@@ -226,8 +226,8 @@ fn document_folder(base: &Path) -> PathBuf {
         &docs.join("broken.pdf"),
         b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 9 0 R",
     );
-    // Well-formed, but its page uses a font object that is not there: the PDF library
-    // panics on it, which must fail this file only.
+    // Well-formed, but its page uses a font object that is not there: indexed without
+    // that font's text, the problem listed.
     let mut fontless = pdf_objects("no font");
     fontless.pop();
     write(&docs.join("fontless.pdf"), pdf_from_objects(&fontless));
@@ -290,18 +290,19 @@ async fn indexes_every_format_and_accounts_for_every_file() {
 
     let results = &last["results"];
     assert_eq!(results["files_total"], 13, "{results}");
-    assert_eq!(results["files_indexed"], 7, "{results}");
+    assert_eq!(results["files_indexed"], 8, "{results}");
     assert_eq!(results["files_skipped"], 4, "{results}");
-    assert_eq!(results["files_failed"], 2, "{results}");
+    assert_eq!(results["files_failed"], 1, "{results}");
+    assert_eq!(results["files_partly_read"], 1, "{results}");
     assert_eq!(results["files_unchanged"], 0, "{results}");
     assert_eq!(
         results["indexed_by_format"],
-        json!({"text": 2, "markdown": 1, "html": 1, "source": 1, "pdf": 1, "docx": 1})
+        json!({"text": 2, "markdown": 1, "html": 1, "source": 1, "pdf": 2, "docx": 1})
     );
-    assert_eq!(results["documents_in_index"], 7);
+    assert_eq!(results["documents_in_index"], 8);
     assert_eq!(results["folder"], docs.to_str().unwrap());
     assert!(reason_of(&results["failures"], "broken.pdf").contains("unreadable PDF"));
-    assert!(reason_of(&results["failures"], "fontless.pdf").contains("pdf parser gave up"));
+    assert!(reason_of(&results["partly_read"], "fontless.pdf").contains("font F1: not found"));
     let skipped = &results["skipped"];
     assert_eq!(reason_of(skipped, "blob.dat"), "binary file");
     assert_eq!(reason_of(skipped, "photo.png"), "unsupported format (.png)");
@@ -473,7 +474,7 @@ async fn chinese_and_japanese_words_are_found_inside_sentences() {
     let ja = base.join("docs/ja.txt");
     write(
         &ja,
-        "自動採点システムを使うと、マークシート形式の選択式問題を評定できます。\
+        "自動採点システムを使うと、マークシー\nト形式の選択式問題を評定できます。\
          答案用紙をスキャンして、成績を自動的に計算します。",
     );
     let zh = base.join("docs/zh.html");
@@ -518,7 +519,8 @@ async fn chinese_and_japanese_words_are_found_inside_sentences() {
             "{word}"
         );
     }
-    // The characters must stand together, in this order.
+    // A line break inside a word ("マークシー\nト") does not split it. The characters
+    // must stand together, in this order.
     for word in ["採点式", "定評", "シートマーク"] {
         assert!(server.hits(word).await.is_empty(), "{word}");
     }
@@ -528,6 +530,55 @@ async fn chinese_and_japanese_words_are_found_inside_sentences() {
 
     let en = [en_many, en_once].map(|p| p.to_str().unwrap().to_string());
     assert_eq!(server.hits("grading").await, en);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pdfs_keep_what_can_be_read_and_list_what_cannot() {
+    use crate::pdf_fixture::{bad_middle_page_pdf, cjk_cmap_pdf, one_byte_to_unicode_pdf};
+    let tmp = tempfile::tempdir().unwrap();
+    let base = base_dir(&tmp);
+    let docs = base.join("docs");
+    write(&docs.join("tex.pdf"), one_byte_to_unicode_pdf());
+    write(
+        &docs.join("amc.pdf"),
+        cjk_cmap_pdf("自動採点では、マークシートの選択式問題を評定します。"),
+    );
+    write(&docs.join("pages.pdf"), bad_middle_page_pdf());
+    // Written by reportlab (tests/fixtures/pdf/make_reportlab_cjk.py).
+    write(
+        &docs.join("reportlab.pdf"),
+        include_bytes!("../fixtures/pdf/reportlab-cjk.pdf"),
+    );
+    let server = spawn(vec![base.clone()]).await;
+    let done = server
+        .wait_until_finished(&server.start("docs").await)
+        .await;
+    let results = &done["results"];
+    assert_eq!(results["files_indexed"], 4, "{results}");
+    assert_eq!(results["files_failed"], 0, "{results}");
+    assert_eq!(results["files_partly_read"], 2, "{results}");
+    assert!(reason_of(&results["partly_read"], "amc.pdf").contains("font F3"));
+    assert!(reason_of(&results["partly_read"], "pages.pdf").starts_with("page 2: "));
+    let path = |name: &str| docs.join(name).to_str().unwrap().to_string();
+    for (word, file) in [
+        ("verification", "tex.pdf"),
+        ("defined", "tex.pdf"),
+        ("efficient", "tex.pdf"),
+        ("survive", "amc.pdf"),
+        ("システム", "reportlab.pdf"),
+        ("English", "reportlab.pdf"),
+        ("gnu", "pages.pdf"),
+        ("yak", "pages.pdf"),
+    ] {
+        assert_eq!(server.hits(word).await, [path(file)], "{word}");
+    }
+    // In both Japanese files.
+    for word in ["選択式", "評定", "自動採点", "マークシート"] {
+        let mut hits = server.hits(word).await;
+        hits.sort();
+        assert_eq!(hits, [path("amc.pdf"), path("reportlab.pdf")], "{word}");
+    }
     server.stop().await;
 }
 

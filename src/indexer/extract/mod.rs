@@ -203,6 +203,23 @@ pub struct Limits {
     pub max_expanded_bytes: u64,
 }
 
+/// The text of a file, and what could not be read of it (a PDF's unreadable page or
+/// font: the rest of the file is indexed all the same).
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub text: String,
+    pub problems: Vec<String>,
+}
+
+impl From<String> for Extracted {
+    fn from(text: String) -> Extracted {
+        Extracted {
+            text,
+            problems: Vec::new(),
+        }
+    }
+}
+
 /// Extracts the text of a file whose format is known. `cancel` is checked inside long
 /// extractions (page by page for PDF), which report their pages to `progress`.
 pub fn extract(
@@ -211,13 +228,13 @@ pub fn extract(
     limits: Limits,
     cancel: &CancellationToken,
     progress: &FileProgress,
-) -> Result<String, ExtractError> {
+) -> Result<Extracted, ExtractError> {
     guarded(format, || match format {
-        Format::PlainText | Format::SourceCode => Ok(text::decode(bytes).into_owned()),
-        Format::Markdown => Ok(markdown::to_text(&text::decode(bytes))),
-        Format::Html => Ok(html::to_text(&text::decode(bytes))),
+        Format::PlainText | Format::SourceCode => Ok(text::decode(bytes).into_owned().into()),
+        Format::Markdown => Ok(markdown::to_text(&text::decode(bytes)).into()),
+        Format::Html => Ok(html::to_text(&text::decode(bytes)).into()),
         Format::Pdf => pdf::to_text(bytes, cancel, progress),
-        Format::Docx => docx::to_text(bytes, limits),
+        Format::Docx => docx::to_text(bytes, limits).map(Extracted::from),
     })
 }
 
@@ -252,22 +269,25 @@ pub fn quiet_parser_panics() {
 /// Runs a parser so that its panic becomes an error of this file alone.
 fn guarded(
     format: Format,
-    parse: impl FnOnce() -> Result<String, ExtractError>,
-) -> Result<String, ExtractError> {
+    parse: impl FnOnce() -> Result<Extracted, ExtractError>,
+) -> Result<Extracted, ExtractError> {
     match catch_unwind(AssertUnwindSafe(parse)) {
         Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown cause".to_string());
-            Err(ExtractError::Invalid(format!(
-                "{} parser gave up: {message}",
-                format.as_str()
-            )))
-        }
+        Err(panic) => Err(ExtractError::Invalid(format!(
+            "{} parser gave up: {}",
+            format.as_str(),
+            panic_message(&*panic)
+        ))),
     }
+}
+
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".to_string())
 }
 
 #[cfg(test)]
