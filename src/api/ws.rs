@@ -17,13 +17,15 @@
 //! socket holds until it closes.
 
 mod frame;
+mod plain;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use bytes::Bytes;
@@ -37,29 +39,48 @@ use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
 use crate::hub::{Event, Sink};
 use crate::server::handoff::{FrameStream, Handoff, Takeover};
-use crate::telemetry::Transport;
+use crate::telemetry::{DeliverySampler, Transport};
 
 /// How long to wait for the client's answer to our close frame.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn task_ws(
     State(state): State<AppState>,
     ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<ResumeQuery>,
-    method: Method,
-    version: Version,
-    headers: HeaderMap,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
-    if !state.security.origins.allows_websocket(&headers) {
+    let (method, version) = (request.method().clone(), request.version());
+    let headers = request.headers();
+    if !state.security.origins.allows_websocket(headers) {
         return Err(ApiError::Forbidden("Origin not allowed".to_string()));
     }
-    let last = last_event_id(&headers, query.last_event_id.as_deref());
+    let last = last_event_id(headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::WebSocket, Some(&id))?;
+    if !state.config.fast_paths() {
+        let subscription = state.hub.subscribe(&id, last)?;
+        let accept = handshake(&method, version, headers)?;
+        let session = plain::Session {
+            subscription,
+            life: Life::new(&state, place),
+            reader: frame::Reader::new(state.config.ws_max_message_bytes),
+            send_timeout: state.config.send_timeout(),
+            delivery: DeliverySampler::new(state.metrics.clone(), Transport::WebSocket),
+        };
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                session.run(hyper_util::rt::TokioIo::new(upgraded)).await;
+            }
+        });
+        return Ok(switching(accept, Body::empty()));
+    }
+    let headers = request.headers();
     // Subscribe before upgrading: an unknown task is a plain 404, and no event published
     // during the handshake can be missed.
     let direct = Arc::new(Direct::new(&state, Transport::WebSocket));
     let attached = state.hub.subscribe_sink(&id, last, direct.clone())?;
-    let accept = handshake(&method, version, &headers)?;
+    let accept = handshake(&method, version, headers)?;
     if attached.is_none() {
         // The client already has the terminal event: the socket only says goodbye.
         direct.begin(Default::default(), false);
@@ -78,14 +99,20 @@ pub async fn task_ws(
         linger: Some(CLOSE_WAIT),
     };
     let (handoff, body) = Handoff::new(Box::new(stream));
+    let mut response = switching(accept, body);
+    response.extensions_mut().insert(handoff);
+    Ok(response)
+}
+
+/// The `101` that completes a handshake.
+fn switching(accept: HeaderValue, body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    response.extensions_mut().insert(handoff);
-    Ok(response)
+    response
 }
 
 /// Checks an opening handshake (RFC 6455 §4.2.1); returns the `Sec-WebSocket-Accept`
@@ -125,7 +152,7 @@ fn handshake(
 pub struct Ws;
 
 /// The close frame after the terminal event.
-const FINISHED: &[u8] = b"\x88\x0f\x03\xe8task finished";
+pub(super) const FINISHED: &[u8] = b"\x88\x0f\x03\xe8task finished";
 
 impl Wire for Ws {
     const FORM: usize = direct::form::WEBSOCKET;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use clap::ValueEnum;
 use futures_util::StreamExt;
-use progress_hub::config::{Config, StoreKind};
+use progress_hub::config::{Config, StoreKind, Switch};
 use progress_hub::hub::{Hub, TaskId};
 use progress_hub::store::{MemoryStore, Store};
 use progress_hub::Application;
@@ -31,6 +32,14 @@ pub struct TestApp {
     server: Option<JoinHandle<()>>,
 }
 
+/// Whether the servers the tests start have the fast paths on (`PROGRESS_HUB_FAST_PATHS`,
+/// on unless it says off).
+pub fn fast_paths() -> bool {
+    std::env::var("PROGRESS_HUB_FAST_PATHS").map_or(true, |mode| {
+        Switch::from_str(&mode, true) != Ok(Switch::Off)
+    })
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -38,6 +47,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::for_tests();
     config.coalesce_ms = 0;
+    // CI runs the suite a second time with the fast paths off (`.ci/run`).
+    if let Ok(mode) = std::env::var("PROGRESS_HUB_FAST_PATHS") {
+        config.fast_paths =
+            Switch::from_str(&mode, true).expect("PROGRESS_HUB_FAST_PATHS: on or off");
+    }
     configure(&mut config);
     let store: Option<Arc<dyn Store>> = match config.store {
         StoreKind::Memory => Some(Arc::new(MemoryStore::new(config.history as usize))),
