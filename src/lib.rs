@@ -13,6 +13,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -166,7 +167,7 @@ impl Application {
             send_timeout: state.config.send_timeout(),
             // Without the fast paths hyper serves every request.
             quick: state.config.fast_paths().then(|| {
-                Arc::new(api::QuickPolls::new(state.clone())) as Arc<dyn server::quick::Quick>
+                Arc::new(api::QuickPolls::new(state.clone())) as Arc<dyn transport::quick::Quick>
             }),
         };
         server::serve(self.listener, router, shutdown.token().clone(), options).await;

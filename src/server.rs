@@ -10,9 +10,6 @@
 //! runtime ([`crate::hub::Hub::fan_out`]): a producer's request (or a poll) must not wait
 //! behind 10,000 streams.
 
-pub mod handoff;
-pub mod quick;
-
 use std::io;
 use std::time::Duration;
 
@@ -27,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::transport::{handoff, quick};
 
 pub struct ServeOptions {
     pub header_timeout: Duration,

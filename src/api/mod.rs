@@ -3,21 +3,20 @@
 
 mod auth;
 mod cors;
-mod direct;
-mod error;
+pub(crate) mod error;
 mod extract;
 mod guard;
 mod health;
 mod index;
-mod limits;
+pub(crate) mod limits;
 mod page;
 mod poll;
 #[cfg(test)]
 mod proptests;
 mod read_token;
-mod sse;
+pub(crate) mod sse;
 mod tasks;
-mod ws;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;

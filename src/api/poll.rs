@@ -14,8 +14,8 @@ use super::extract::ApiQuery;
 use super::read_token::ReadableTask;
 use super::AppState;
 use crate::hub::{Event, TaskId};
-use crate::server::quick::{Answer, Quick};
 use crate::telemetry::Transport;
+use crate::transport::quick::{Answer, Quick};
 
 /// The longest a long poll waits, whatever the client asks.
 pub const MAX_WAIT_SECS: f64 = 30.0;
@@ -107,7 +107,7 @@ fn is_fresh<'a>(seq: u64, values: impl Iterator<Item = &'a [u8]>) -> bool {
 }
 
 /// Plain polls (`GET /api/index-progress/{id}`, no query) answered on the quick lane
-/// ([`crate::server::quick`]) with the same status, headers and body as [`poll`]. Anything
+/// ([`crate::transport::quick`]) with the same status, headers and body as [`poll`]. Anything
 /// that needs more than a lookup goes to the router: protected reads, cross-origin
 /// requests (CORS headers), ids that are not valid as written, unknown tasks (errors),
 /// hosts the router refuses ([`super::guard`]).

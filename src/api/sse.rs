@@ -22,10 +22,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-mod direct;
-
 use super::auth::Lister;
-use super::direct::Life;
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::limits::SubscriberGuard;
@@ -33,13 +30,14 @@ use super::read_token::ReadableTask;
 use super::AppState;
 use crate::config::Config;
 use crate::hub::{AllSubscription, Subscription};
-use crate::server::handoff::{write_stream, FrameStream, Handoff, Takeover};
 use crate::telemetry::{DeliverySampler, Transport};
-use direct::DirectSource;
+use crate::transport::direct::Life;
+use crate::transport::handoff::{write_stream, FrameStream, Handoff, Takeover};
+use crate::transport::sse::DirectSource;
 
 /// How long EventSource waits before reconnecting after the stream ends.
 const RETRY_MS: u64 = 2000;
-const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+pub(crate) const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 #[derive(Deserialize)]
 pub struct ResumeQuery {
@@ -150,13 +148,13 @@ impl FrameSource for AllSubscription {
 }
 
 pub struct StreamState<S> {
-    source: S,
-    prelude: Option<Bytes>,
+    pub(crate) source: S,
+    pub(crate) prelude: Option<Bytes>,
     /// Counts the frames written through [`frames`].
-    delivery: DeliverySampler,
-    life: Life,
+    pub(crate) delivery: DeliverySampler,
+    pub(crate) life: Life,
     /// `--send-timeout-secs`, for a stream written on its own socket.
-    send_timeout: Duration,
+    pub(crate) send_timeout: Duration,
 }
 
 impl<S: FrameSource> Takeover for StreamState<S> {

@@ -8,16 +8,13 @@
 //!
 //! The socket is a [`Direct`] stream, like a task's SSE stream: once the `101` is out,
 //! the server takes the socket over from hyper and the relay writes each event's frame to
-//! it itself (see [`crate::api::direct`]). The frames are the event's JSON, encoded once
+//! it itself (see [`crate::transport::direct`]). The frames are the event's JSON, encoded once
 //! at publish time, behind a 2- or 4-byte head written per socket; server frames are
 //! never masked, so nothing else is per socket. No extension (compression) is agreed.
 //!
 //! Before the upgrade: the read token (with `--protect-reads`), the `Origin` against the
 //! CORS allow-list, the task (404), and a subscriber's place in the limits, which the
 //! socket holds until it closes.
-
-mod frame;
-mod plain;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,18 +28,19 @@ use axum::response::Response;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::direct::{self, Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::read_token::ReadableTask;
 use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
 use crate::hub::{Event, Sink};
-use crate::server::handoff::{FrameStream, Handoff, Takeover};
 use crate::telemetry::{DeliverySampler, Transport};
+use crate::transport::direct::{self, Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
+use crate::transport::handoff::{FrameStream, Handoff, Takeover};
+use crate::transport::ws::{frame, plain};
 
 /// How long to wait for the client's answer to our close frame.
-pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn task_ws(
     State(state): State<AppState>,
@@ -152,7 +150,7 @@ fn handshake(
 pub struct Ws;
 
 /// The close frame after the terminal event.
-pub(super) const FINISHED: &[u8] = b"\x88\x0f\x03\xe8task finished";
+pub(crate) const FINISHED: &[u8] = b"\x88\x0f\x03\xe8task finished";
 
 impl Wire for Ws {
     const FORM: usize = direct::form::WEBSOCKET;

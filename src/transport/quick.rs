@@ -17,7 +17,7 @@
 //! in the API's error format where hyper would send a bare status, and the connection
 //! closes.
 //!
-//! Connection rules follow hyper's as configured in [`super::serve`]: keep-alive, the
+//! Connection rules follow hyper's as configured in [`crate::server::serve`]: keep-alive, the
 //! head must arrive within the header timeout counted from the previous answer (or the
 //! accept), `Connection: close` is honoured and echoed, a client that half-closes after
 //! its request still gets its answer, and a stopping server closes idle connections at

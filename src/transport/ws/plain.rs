@@ -10,10 +10,11 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{frame, Ws, CLOSE_WAIT, FINISHED};
-use crate::api::direct::{Life, Stop, Wire};
+use super::frame;
+use crate::api::ws::{Ws, CLOSE_WAIT, FINISHED};
 use crate::hub::{Event, Subscription};
 use crate::telemetry::DeliverySampler;
+use crate::transport::direct::{Life, Stop, Wire};
 
 /// Reads at most this much at a time.
 const READ_BUFFER: usize = 8 * 1024;

@@ -1,0 +1,4 @@
+//! WebSocket framing (RFC 6455) and the session a WebSocket runs through hyper.
+
+pub mod frame;
+pub mod plain;
