@@ -60,7 +60,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_on(config, store).await
 }
 
-async fn spawn_app_on(config: Config, store: Option<Arc<dyn Store>>) -> TestApp {
+/// A server with this configuration on this store (`None`: the one the data directory
+/// holds).
+pub async fn spawn_app_on(config: Config, store: Option<Arc<dyn Store>>) -> TestApp {
     let app = match &store {
         Some(store) => Application::build_with_store(config.clone(), store.clone()).await,
         None => Application::build(config.clone()).await,
@@ -187,6 +189,11 @@ impl TestApp {
         let (config, store) = (self.config.clone(), self.store.clone());
         self.stop().await;
         spawn_app_on(config, store).await
+    }
+
+    /// The in-memory store the server runs on, for other servers to start on.
+    pub fn store(&self) -> Option<Arc<dyn Store>> {
+        self.store.clone()
     }
 
     /// Sends the shutdown signal without waiting for the server to finish.

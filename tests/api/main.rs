@@ -7,6 +7,7 @@ mod raw;
 
 mod bad_inputs;
 mod binary;
+mod differential;
 mod durability;
 mod errors;
 mod indexer;
