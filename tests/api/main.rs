@@ -16,6 +16,7 @@ mod observability;
 mod page;
 mod poll;
 mod quick_lane;
+mod relay;
 mod security;
 mod shutdown;
 mod sse;
