@@ -34,6 +34,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiError;
+
 /// Room for the request heads the lane reads before it passes the connection on: real
 /// polls are a few hundred bytes; anything larger is hyper's to judge (it answers 431).
 const HEAD_ROOM: usize = 8 * 1024;
@@ -54,6 +56,9 @@ pub trait Quick: Send + Sync + 'static {
     /// lane adds `content-length`, `connection` and `date`. [`Answer::Pass`] leaves the
     /// request (and the connection) to the router; `out` is then ignored.
     fn answer(&self, path: &str, headers: &[httparse::Header<'_>], out: &mut Vec<u8>) -> Answer;
+
+    /// The lane refused a head that is not HTTP with `status` (for the request count).
+    fn refused(&self, _status: u16) {}
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -179,11 +184,15 @@ fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
     let used = match request.parse(input) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return too_many_headers(input, out),
-        Err(_) => return refuse(out, "400 Bad Request", "Malformed HTTP request"),
+        Err(httparse::Error::TooManyHeaders) => return too_many_headers(input, quick, out),
+        Err(_) => return refuse(quick, out, malformed()),
     };
     if !content_length_valid(request.headers) {
-        return refuse(out, "400 Bad Request", "Invalid Content-Length");
+        return refuse(
+            quick,
+            out,
+            ApiError::BadRequest("Invalid Content-Length".to_string()),
+        );
     }
     let (Some("GET"), Some(1), Some(path)) = (request.method, request.version, request.path) else {
         return Parsed::Pass;
@@ -245,29 +254,32 @@ fn finish(out: &mut Vec<u8>, body: Option<&[u8]>, close: bool) {
 /// A request that is not valid HTTP/1.1: answered in the API's error format, where hyper
 /// would send a bare status, and the connection closed (nothing after it can be trusted
 /// to start where a request starts).
-fn refuse(out: &mut Vec<u8>, status: &str, message: &str) -> Parsed {
+fn refuse(quick: &dyn Quick, out: &mut Vec<u8>, error: ApiError) -> Parsed {
+    let status = error.status();
+    quick.refused(status.as_u16());
     let _ = write!(
         out,
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
     );
-    let body = serde_json::json!({ "error": message }).to_string();
-    finish(out, Some(body.as_bytes()), true);
+    finish(out, Some(&error.body()), true);
     Parsed::Answered {
         used: 0,
         close: true,
     }
 }
 
+fn malformed() -> ApiError {
+    ApiError::BadRequest("Malformed HTTP request".to_string())
+}
+
 /// More headers than the lane parses: hyper's own limit (100) decides, in the API's
 /// error format when it is exceeded.
-fn too_many_headers(input: &[u8], out: &mut Vec<u8>) -> Parsed {
+fn too_many_headers(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
     let mut headers = vec![httparse::EMPTY_HEADER; HYPER_MAX_HEADERS];
     match httparse::Request::new(&mut headers).parse(input) {
-        Err(httparse::Error::TooManyHeaders) => refuse(
-            out,
-            "431 Request Header Fields Too Large",
-            "Too many request headers",
-        ),
+        Err(httparse::Error::TooManyHeaders) => refuse(quick, out, ApiError::TooManyHeaders),
         Ok(httparse::Status::Partial) => Parsed::Partial,
         _ => Parsed::Pass,
     }
