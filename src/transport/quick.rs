@@ -167,15 +167,20 @@ pub async fn serve(mut stream: TcpStream, quick: &dyn Quick, rules: Rules<'_>) -
     }
 }
 
-enum Parsed {
+/// What the lane made of the start of its input.
+pub enum Parsed {
+    /// Answered (appended to `out`): `used` bytes were the request; `close` ends the
+    /// connection after the answer.
     Answered { used: usize, close: bool },
+    /// Not a whole head yet.
     Partial,
+    /// Not the lane's: hyper takes the connection from here.
     Pass,
 }
 
 /// Parses one request head at the start of `input` and appends the lane's answer to
-/// `out`.
-fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
+/// `out`. Public for the fuzz target (`fuzz/`).
+pub fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
     if input.is_empty() {
         return Parsed::Partial;
     }
