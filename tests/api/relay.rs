@@ -1,9 +1,11 @@
-//! The relay's own socket writers under random pressure: a client with a tiny receive
+//! The relay's own socket writers under random pressure: a client with a small receive
 //! buffer that reads in random pieces at random moments while a producer publishes events
 //! of random sizes. Writes stop part-way through frames, queues overflow and skip ahead;
 //! whatever happens, the stream must be valid chunked HTTP of whole SSE frames with
 //! increasing ids, ending with the terminal event, then the last chunk, then the close.
-//! The same runs with the fast paths off (hyper writes), the reference.
+//! The same runs with the fast paths off (hyper writes), the reference. (A queue that
+//! overflows and skips ahead needs more than the kernel's send buffer, megabytes: the
+//! stalled-reader tests in `sse.rs` and `ws.rs` cover that.)
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -22,6 +24,8 @@ struct Pressure {
     reads: Vec<usize>,
     /// Times the client yields between reads, in turn.
     pauses: Vec<u8>,
+    /// The client reads nothing until this share (in percent) of the events is out.
+    stall: usize,
 }
 
 fn pressure() -> impl Strategy<Value = Pressure> {
@@ -29,11 +33,13 @@ fn pressure() -> impl Strategy<Value = Pressure> {
         proptest::collection::vec(0usize..2000, 20..300),
         proptest::collection::vec(1usize..9000, 1..6),
         proptest::collection::vec(0u8..50, 1..6),
+        0usize..100,
     )
-        .prop_map(|(sizes, reads, pauses)| Pressure {
+        .prop_map(|(sizes, reads, pauses, stall)| Pressure {
             sizes,
             reads,
             pauses,
+            stall,
         })
 }
 
@@ -46,16 +52,21 @@ async fn run(fast_paths: Switch, case: &Pressure) -> Vec<u64> {
     .await;
     app.create_task("pressed", 1_000_000).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
+    // Small, but not below the loopback MSS (64 KiB): a window smaller than one segment
+    // is announced as zero, and the transfer then waits on the kernel's zero-window probes.
+    socket.set_recv_buffer_size(128 * 1024).unwrap();
     let mut client = socket.connect(app.addr).await.unwrap();
     client
         .write_all(b"GET /api/index-progress/pressed/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     wait_until(|| app.hub.listeners(&task_id("pressed")) == 1).await;
+    let (published, mut seen) = tokio::sync::watch::channel(0usize);
+    let stall_until = case.sizes.len() * case.stall / 100;
     let reader = {
         let case = case.clone();
         tokio::spawn(async move {
+            let _ = seen.wait_for(|n| *n >= stall_until).await;
             let mut raw = Vec::new();
             let mut buffer = vec![0u8; 9000];
             for turn in 0.. {
@@ -76,6 +87,7 @@ async fn run(fast_paths: Switch, case: &Pressure) -> Vec<u64> {
     for (n, size) in case.sizes.iter().enumerate() {
         let body = json!({"processed": n + 1, "detail": {"pad": "x".repeat(*size)}});
         assert_eq!(app.progress("pressed", body).await.status(), 200);
+        published.send_replace(n + 1);
     }
     let end = app
         .complete("pressed", json!({"n": case.sizes.len()}))
