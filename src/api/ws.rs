@@ -66,11 +66,18 @@ pub async fn task_ws(
             delivery: DeliverySampler::new(state.metrics.clone(), Transport::WebSocket),
         };
         let upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
+        let run = async move {
             if let Ok(upgraded) = upgrade.await {
                 session.run(hyper_util::rt::TokioIo::new(upgraded)).await;
             }
-        });
+        };
+        // Tracked by the server when it serves the connection (not in `oneshot` tests).
+        match request.extensions().get::<crate::server::Sessions>() {
+            Some(sessions) => sessions.spawn(run),
+            None => {
+                tokio::spawn(run);
+            }
+        }
         return Ok(switching(accept, Body::empty()));
     }
     let headers = request.headers();
