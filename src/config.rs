@@ -48,6 +48,13 @@ pub enum StoreKind {
     Memory,
 }
 
+/// An on/off setting.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (the chosen one is printed).
@@ -217,6 +224,13 @@ pub struct Config {
     #[arg(global = true, long, env = "PROGRESS_HUB_PUBLIC_ORIGIN")]
     pub public_origin: Option<String>,
 
+    /// The hand-written fast paths: plain polls answered before hyper (the quick lane),
+    /// event streams handed off from hyper and written by the relay itself. `off` serves
+    /// everything through hyper and axum, as a reference to compare against or to rule
+    /// the fast paths out when diagnosing.
+    #[arg(global = true, long, env = "PROGRESS_HUB_FAST_PATHS", value_enum, default_value_t = Switch::On)]
+    pub fast_paths: Switch,
+
     /// Open streams and long polls one task may have; more get 503.
     #[arg(global = true, long, env = "PROGRESS_HUB_MAX_SUBSCRIBERS_PER_TASK", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_subscribers_per_task: u64,
@@ -302,6 +316,7 @@ impl Config {
             protect_reads: false,
             cors_origins: Vec::new(),
             public_origin: None,
+            fast_paths: Switch::On,
             max_subscribers_per_task: 1_000,
             max_subscribers: 10_000,
             max_tasks: 100_000,
@@ -311,6 +326,11 @@ impl Config {
             idle_timeout_secs: 30,
             send_timeout_secs: 60,
         }
+    }
+
+    /// Whether the fast paths (`--fast-paths`) are on.
+    pub fn fast_paths(&self) -> bool {
+        self.fast_paths == Switch::On
     }
 
     pub fn hub(&self) -> HubConfig {

@@ -13,6 +13,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -219,7 +220,10 @@ impl Application {
             fan_out: state.hub.fan_out().cloned(),
             connection_runtimes: connection_runtimes.handles(),
             send_timeout: state.config.send_timeout(),
-            quick: Some(Arc::new(api::QuickPolls::new(state.clone()))),
+            // Without the fast paths hyper serves every request.
+            quick: state.config.fast_paths().then(|| {
+                Arc::new(api::QuickPolls::new(state.clone())) as Arc<dyn transport::quick::Quick>
+            }),
         };
         server::serve(self.listener, router, shutdown.token().clone(), options).await;
         let _ = janitor.await;

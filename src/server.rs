@@ -10,9 +10,6 @@
 //! runtime ([`crate::hub::Hub::fan_out`]): a producer's request (or a poll) must not wait
 //! behind 10,000 streams.
 
-pub mod handoff;
-pub mod quick;
-
 use std::io;
 use std::time::Duration;
 
@@ -27,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::transport::{handoff, quick};
 
 pub struct ServeOptions {
     pub header_timeout: Duration,
@@ -120,6 +119,20 @@ pub async fn serve(
     }
 }
 
+/// Where a session on a connection upgraded through hyper runs, so that shutdown waits
+/// for it as for the connections.
+#[derive(Clone)]
+pub struct Sessions(TaskTracker);
+
+impl Sessions {
+    pub fn spawn<F>(&self, session: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.0.spawn(session);
+    }
+}
+
 /// What one connection's task needs.
 struct Connection {
     http: http1::Builder,
@@ -170,9 +183,14 @@ impl Connection {
         // hyper's own `service_fn` is called by reference: unlike a tower service behind
         // `TowerToHyperService`, it is not cloned (with everything it holds) per request.
         let service = {
-            let handoff = handoff.clone();
-            hyper::service::service_fn(move |request: Request<Incoming>| {
+            let (handoff, tracker) = (handoff.clone(), tracker.clone());
+            hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let (router, handoff) = (router.clone(), handoff.clone());
+                if request.headers().contains_key(hyper::header::UPGRADE) {
+                    // A connection upgraded through hyper (`--fast-paths off`) outlives
+                    // this task: its session is tracked like a handed-off stream.
+                    request.extensions_mut().insert(Sessions(tracker.clone()));
+                }
                 async move {
                     let (version, method) = (request.version(), request.method().clone());
                     let mut response = router.oneshot(request).await?;

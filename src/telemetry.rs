@@ -90,6 +90,9 @@ pub const LIMIT_REJECTIONS: &str = "progress_hub_limit_rejections_total";
 pub const STORE_WRITE_SECONDS: &str = "progress_hub_store_write_seconds";
 const STORE_UNWRITTEN: &str = "progress_hub_store_unwritten_events";
 pub const PUBLISH_TO_DELIVER_SECONDS: &str = "progress_hub_publish_to_deliver_seconds";
+pub const HTTP_REQUESTS: &str = "progress_hub_http_requests_total";
+/// The `route` of requests that matched none (and of heads that were not HTTP).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Buckets for the publish-to-deliver latency: from 50 µs (an idle server) to 5 s.
 const DELIVERY_BUCKETS: &[f64] = &[
@@ -180,6 +183,11 @@ impl Metrics {
         );
         describe(
             r,
+            HTTP_REQUESTS,
+            "Requests answered, by route and status, quick lane included.",
+        );
+        describe(
+            r,
             LIMIT_REJECTIONS,
             "Requests turned away by a limit, by limit.",
         );
@@ -234,6 +242,16 @@ impl Metrics {
     /// through a [`DeliverySampler`], not every frame.
     pub fn delivered_after(&self, latency: Duration) {
         self.delivery.record(latency.as_secs_f64());
+    }
+
+    /// The counter of requests to `route` answered with `status`. Registering looks the
+    /// series up: hot paths keep the handle.
+    pub fn http_requests(&self, route: &str, status: u16) -> Counter {
+        let labels = vec![
+            Label::new("route", route.to_string()),
+            Label::new("status", status.to_string()),
+        ];
+        counter(&self.recorder, Key::from_parts(HTTP_REQUESTS, labels))
     }
 
     pub fn rejected(&self, limit: LimitKind) {

@@ -49,18 +49,6 @@ pub struct Security {
 }
 
 impl Security {
-    /// Whether a request's `Host` may be answered (see [`super::guard`]).
-    pub fn host_allowed(&self, host: &[u8]) -> bool {
-        if !self.loopback_only || super::guard::is_loopback_host(host) {
-            return true;
-        }
-        let public = self.origins.public_host();
-        let name = std::str::from_utf8(host).map(|h| super::cors::host_name(h.trim()));
-        matches!((public, name), (Some(p), Ok(n)) if p.eq_ignore_ascii_case(n))
-    }
-}
-
-impl Security {
     /// Loads the token file and, with `--protect-reads`, the read-token key (created on
     /// first start). File work runs on a blocking thread.
     pub async fn load(config: &Config) -> Result<Security, SecurityError> {
@@ -96,6 +84,16 @@ impl Security {
             origins,
             loopback_only: config.listen.ip().is_loopback(),
         })
+    }
+
+    /// Whether a request's `Host` may be answered (see [`super::guard`]).
+    pub fn host_allowed(&self, host: &[u8]) -> bool {
+        if !self.loopback_only || super::guard::is_loopback_host(host) {
+            return true;
+        }
+        let public = self.origins.public_host();
+        let name = std::str::from_utf8(host).map(|h| super::cors::host_name(h.trim()));
+        matches!((public, name), (Some(p), Ok(n)) if p.eq_ignore_ascii_case(n))
     }
 }
 

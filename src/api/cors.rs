@@ -5,7 +5,9 @@
 //! Without a list no CORS headers are sent (browsers then allow same-origin pages only)
 //! and WebSocket upgrades are not checked, as the contract says. A request without an
 //! `Origin` header comes from a non-browser client and is always allowed; a page served
-//! from the hub's own origin (its `Host`) is allowed too.
+//! from the hub's own origin (its `Host`, or `--public-origin` behind a proxy that
+//! rewrites `Host`) is allowed too. Writes are checked against the same list whether or
+//! not one is configured (see [`super::guard`]).
 
 use std::time::Duration;
 

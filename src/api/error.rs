@@ -1,6 +1,6 @@
 //! The one error type of the HTTP layer. Every error a client sees is
-//! `{"error": "..."}` with the status named in each variant's doc comment; causes of
-//! 5xx answers are logged, not sent.
+//! `{"error": "...", "code": "..."}` with the status named in each variant's doc comment
+//! and the code of [`ApiError::code`]; causes of 5xx answers are logged, not sent.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -49,6 +49,9 @@ pub enum ApiError {
     /// 426: a WebSocket route asked without an upgrade.
     #[error("This route needs a WebSocket upgrade")]
     UpgradeRequired,
+    /// 431: more request headers than the server reads.
+    #[error("Too many request headers")]
+    TooManyHeaders,
     /// 429 with `Retry-After`: a task limit (in total or per producer token) is reached.
     #[error("{message}")]
     TooManyRequests {
@@ -80,10 +83,43 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// The machine-readable `code` of the error body: stable, one per kind of error,
+    /// whatever the message says.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidTaskId => "invalid_task_id",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TaskNotFound => "task_not_found",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::UpgradeRequired => "upgrade_required",
+            ApiError::TooManyHeaders => "too_many_headers",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The body every error is sent with, through the router or not:
+    /// `{"error": "<message>", "code": "<code>"}`.
+    pub fn body(&self) -> Bytes {
+        // `error` first, as the contract's bodies read; codes need no escaping.
+        let message = serde_json::Value::String(self.to_string());
+        Bytes::from(format!(r#"{{"error":{message},"code":"{}"}}"#, self.code()))
     }
 }
 
@@ -111,8 +147,7 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(%cause, "internal error");
         }
-        let body = serde_json::json!({ "error": self.to_string() }).to_string();
-        let mut response = json_response(self.status(), Bytes::from(body));
+        let mut response = json_response(self.status(), self.body());
         let headers = response.headers_mut();
         match &self {
             ApiError::Unavailable {

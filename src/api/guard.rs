@@ -70,20 +70,23 @@ fn is_write(method: &Method) -> bool {
 }
 
 /// Whether `host` (a `Host` header's value: `name[:port]`) names the loopback interface:
-/// `localhost` or a name under it (RFC 6761 §6.3), or a loopback address.
+/// `localhost` or a name under it (RFC 6761 §6.3), or a loopback address. Runs on every
+/// poll the quick lane answers: no allocation.
 pub fn is_loopback_host(host: &[u8]) -> bool {
     let Ok(host) = std::str::from_utf8(host) else {
         return false;
     };
-    let name = host_name(host.trim()).trim_end_matches('.');
-    let name = name.to_ascii_lowercase();
-    if name == "localhost" || name.ends_with(".localhost") {
+    let name = host_name(host.trim());
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let under_localhost = name.len() >= ".localhost".len()
+        && name.as_bytes()[name.len() - ".localhost".len()..].eq_ignore_ascii_case(b".localhost");
+    if name.eq_ignore_ascii_case("localhost") || under_localhost {
         return true;
     }
     let literal = name
         .strip_prefix('[')
         .and_then(|n| n.strip_suffix(']'))
-        .unwrap_or(&name);
+        .unwrap_or(name);
     literal.parse::<IpAddr>().is_ok_and(|ip| match ip {
         IpAddr::V6(v6) => {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())

@@ -3,21 +3,20 @@
 
 mod auth;
 mod cors;
-mod direct;
-mod error;
+pub(crate) mod error;
 mod extract;
 mod guard;
 mod health;
 mod index;
-mod limits;
+pub(crate) mod limits;
 mod page;
 mod poll;
 #[cfg(test)]
 mod proptests;
 mod read_token;
-mod sse;
+pub(crate) mod sse;
 mod tasks;
-mod ws;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,5 +124,30 @@ pub fn router(state: AppState) -> Router {
             guard::host,
         ))
         .layer(option_layer(state.security.origins.layer()))
+        // Outermost: counts every answer by route and status (the quick lane counts its
+        // own).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_request,
+        ))
         .with_state(state)
+}
+
+/// Counts a request in `progress_hub_http_requests_total` by its route (as written in
+/// [`router`]) and the status of its answer.
+async fn count_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or(crate::telemetry::UNMATCHED_ROUTE.to_string(), |path| {
+            path.as_str().to_string()
+        });
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state.metrics.http_requests(&route, status).increment(1);
+    response
 }

@@ -14,8 +14,8 @@ use super::extract::ApiQuery;
 use super::read_token::ReadableTask;
 use super::AppState;
 use crate::hub::{Event, TaskId};
-use crate::server::quick::{Answer, Quick};
 use crate::telemetry::Transport;
+use crate::transport::quick::{Answer, Quick};
 
 /// The longest a long poll waits, whatever the client asks.
 pub const MAX_WAIT_SECS: f64 = 30.0;
@@ -114,17 +114,21 @@ fn is_fresh<'a>(seq: u64, values: impl Iterator<Item = &'a [u8]>) -> bool {
 }
 
 /// Plain polls (`GET /api/index-progress/{id}`, no query) answered on the quick lane
-/// ([`crate::server::quick`]) with the same status, headers and body as [`poll`]. Anything
+/// ([`crate::transport::quick`]) with the same status, headers and body as [`poll`]. Anything
 /// that needs more than a lookup goes to the router: protected reads, cross-origin
 /// requests (CORS headers), ids that are not valid as written, unknown tasks (errors),
 /// hosts the router refuses ([`super::guard`]).
-pub struct QuickPolls(AppState, Option<Vec<u8>>);
+pub struct QuickPolls(AppState, Option<Vec<u8>>, [metrics::Counter; 2]);
+
+/// The route the lane answers, as the router names it.
+const POLL_ROUTE: &str = "/api/index-progress/{task_id}";
 
 impl QuickPolls {
     pub fn new(state: AppState) -> QuickPolls {
         // With `--cors-origin` the router's answers carry the CORS layer's headers.
         let cors = state.security.origins.headers_without_origin();
-        QuickPolls(state, cors)
+        let counts = [200, 304].map(|status| state.metrics.http_requests(POLL_ROUTE, status));
+        QuickPolls(state, cors, counts)
     }
 }
 
@@ -166,11 +170,18 @@ impl Quick for QuickPolls {
             event.seq()
         );
         out.extend_from_slice(cors);
+        self.2[usize::from(fresh)].increment(1);
         if fresh {
             Answer::Empty
         } else {
             Answer::Body(event.json().clone())
         }
+    }
+
+    fn refused(&self, status: u16) {
+        let metrics = &self.0.metrics;
+        let route = crate::telemetry::UNMATCHED_ROUTE;
+        metrics.http_requests(route, status).increment(1);
     }
 }
 

@@ -7,37 +7,37 @@
 //! when the stream has lived its maximum life (the client resumes with `Last-Event-ID`).
 //! Each stream holds its subscriber's place in the limits until it is dropped.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-mod direct;
-
 use super::auth::Lister;
-use super::direct::Life;
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::limits::SubscriberGuard;
 use super::read_token::ReadableTask;
 use super::AppState;
 use crate::config::Config;
-use crate::hub::AllSubscription;
-use crate::server::handoff::{write_stream, FrameStream, Handoff, Takeover};
+use crate::hub::{AllSubscription, Subscription};
 use crate::telemetry::{DeliverySampler, Transport};
-use direct::DirectSource;
+use crate::transport::direct::Life;
+use crate::transport::handoff::{write_stream, FrameStream, Handoff, Takeover};
+use crate::transport::sse::DirectSource;
 
 /// How long EventSource waits before reconnecting after the stream ends.
 const RETRY_MS: u64 = 2000;
-const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+pub(crate) const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 #[derive(Deserialize)]
 pub struct ResumeQuery {
@@ -63,6 +63,13 @@ pub async fn task_events(
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::Sse, Some(&id))?;
+    if !state.config.fast_paths() {
+        // Through hyper only: the hub's channel, no sink for the relay.
+        return match state.hub.subscribe(&id, last)? {
+            None => Ok(StatusCode::NO_CONTENT.into_response()),
+            Some(subscription) => Ok(event_stream(subscription, place, Transport::Sse, &state)),
+        };
+    }
     match DirectSource::subscribe(&state, &id, last)? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
         Some(source) => Ok(event_stream(source, place, Transport::Sse, &state)),
@@ -120,6 +127,16 @@ pub trait FrameSource: Send + Sized + 'static {
     }
 }
 
+impl FrameSource for Subscription {
+    async fn next_frame(&mut self) -> Option<Frame> {
+        let event = self.next().await?;
+        Some(Frame {
+            bytes: event.sse_frame().clone(),
+            published_at: Some(event.published_at()),
+        })
+    }
+}
+
 impl FrameSource for AllSubscription {
     async fn next_frame(&mut self) -> Option<Frame> {
         let event = self.next().await;
@@ -131,13 +148,13 @@ impl FrameSource for AllSubscription {
 }
 
 pub struct StreamState<S> {
-    source: S,
-    prelude: Option<Bytes>,
+    pub(crate) source: S,
+    pub(crate) prelude: Option<Bytes>,
     /// Counts the frames written through [`frames`].
-    delivery: DeliverySampler,
-    life: Life,
+    pub(crate) delivery: DeliverySampler,
+    pub(crate) life: Life,
     /// `--send-timeout-secs`, for a stream written on its own socket.
-    send_timeout: Duration,
+    pub(crate) send_timeout: Duration,
 }
 
 impl<S: FrameSource> Takeover for StreamState<S> {
@@ -163,23 +180,24 @@ fn event_stream<S: FrameSource>(
         life: Life::new(state, place),
         send_timeout: state.config.send_timeout(),
     };
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            header::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ];
+    if !state.config.fast_paths() {
+        let body = Body::from_stream(frames(st).map(Ok::<_, Infallible>));
+        return (headers, body).into_response();
+    }
     // The server may take the stream over from hyper once the headers are out.
     let (handoff, body) = Handoff::new(Box::new(st));
-    let mut response = (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (
-                header::HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            ),
-        ],
-        body,
-    )
-        .into_response();
+    let mut response = (headers, body).into_response();
     response.extensions_mut().insert(handoff);
     response
 }

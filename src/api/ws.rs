@@ -8,7 +8,7 @@
 //!
 //! The socket is a [`Direct`] stream, like a task's SSE stream: once the `101` is out,
 //! the server takes the socket over from hyper and the relay writes each event's frame to
-//! it itself (see [`crate::api::direct`]). The frames are the event's JSON, encoded once
+//! it itself (see [`crate::transport::direct`]). The frames are the event's JSON, encoded once
 //! at publish time, behind a 2- or 4-byte head written per socket; server frames are
 //! never masked, so nothing else is per socket. No extension (compression) is agreed.
 //!
@@ -16,50 +16,76 @@
 //! CORS allow-list, the task (404), and a subscriber's place in the limits, which the
 //! socket holds until it closes.
 
-mod frame;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::direct::{self, Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::read_token::ReadableTask;
 use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
 use crate::hub::{Event, Sink};
-use crate::server::handoff::{FrameStream, Handoff, Takeover};
-use crate::telemetry::Transport;
+use crate::telemetry::{DeliverySampler, Transport};
+use crate::transport::direct::{self, Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
+use crate::transport::handoff::{FrameStream, Handoff, Takeover};
+use crate::transport::ws::{frame, plain};
 
 /// How long to wait for the client's answer to our close frame.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn task_ws(
     State(state): State<AppState>,
     ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<ResumeQuery>,
-    method: Method,
-    version: Version,
-    headers: HeaderMap,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
-    if !state.security.origins.allows_websocket(&headers) {
+    let (method, version) = (request.method().clone(), request.version());
+    let headers = request.headers();
+    if !state.security.origins.allows_websocket(headers) {
         return Err(ApiError::Forbidden("Origin not allowed".to_string()));
     }
-    let last = last_event_id(&headers, query.last_event_id.as_deref());
+    let last = last_event_id(headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::WebSocket, Some(&id))?;
+    if !state.config.fast_paths() {
+        let subscription = state.hub.subscribe(&id, last)?;
+        let accept = handshake(&method, version, headers)?;
+        let session = plain::Session {
+            subscription,
+            life: Life::new(&state, place),
+            reader: frame::Reader::new(state.config.ws_max_message_bytes),
+            send_timeout: state.config.send_timeout(),
+            delivery: DeliverySampler::new(state.metrics.clone(), Transport::WebSocket),
+        };
+        let upgrade = hyper::upgrade::on(&mut request);
+        let run = async move {
+            if let Ok(upgraded) = upgrade.await {
+                session.run(hyper_util::rt::TokioIo::new(upgraded)).await;
+            }
+        };
+        // Tracked by the server when it serves the connection (not in `oneshot` tests).
+        match request.extensions().get::<crate::server::Sessions>() {
+            Some(sessions) => sessions.spawn(run),
+            None => {
+                tokio::spawn(run);
+            }
+        }
+        return Ok(switching(accept, Body::empty()));
+    }
+    let headers = request.headers();
     // Subscribe before upgrading: an unknown task is a plain 404, and no event published
     // during the handshake can be missed.
     let direct = Arc::new(Direct::new(&state, Transport::WebSocket));
     let attached = state.hub.subscribe_sink(&id, last, direct.clone())?;
-    let accept = handshake(&method, version, &headers)?;
+    let accept = handshake(&method, version, headers)?;
     if attached.is_none() {
         // The client already has the terminal event: the socket only says goodbye.
         direct.begin(Default::default(), false);
@@ -78,14 +104,20 @@ pub async fn task_ws(
         linger: Some(CLOSE_WAIT),
     };
     let (handoff, body) = Handoff::new(Box::new(stream));
+    let mut response = switching(accept, body);
+    response.extensions_mut().insert(handoff);
+    Ok(response)
+}
+
+/// The `101` that completes a handshake.
+fn switching(accept: HeaderValue, body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    response.extensions_mut().insert(handoff);
-    Ok(response)
+    response
 }
 
 /// Checks an opening handshake (RFC 6455 §4.2.1); returns the `Sec-WebSocket-Accept`
@@ -125,7 +157,7 @@ fn handshake(
 pub struct Ws;
 
 /// The close frame after the terminal event.
-const FINISHED: &[u8] = b"\x88\x0f\x03\xe8task finished";
+pub(crate) const FINISHED: &[u8] = b"\x88\x0f\x03\xe8task finished";
 
 impl Wire for Ws {
     const FORM: usize = direct::form::WEBSOCKET;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{spawn_app_with, SseClient, TestApp};
+use crate::helpers::{fast_paths, spawn_app_with, SseClient, TestApp};
 use crate::raw::{closed_by_server, connect, read_to_close, send};
 
 const TOKEN: &str = "table-0123456789";
@@ -19,6 +19,9 @@ const TOKEN: &str = "table-0123456789";
 enum Expect {
     /// This status with a JSON `{"error": ...}` body from the API.
     Json(u16),
+    /// A head that is not HTTP: with the fast paths, the quick lane answers it like
+    /// [`Expect::Json`]; without, hyper answers a bare status or closes the connection.
+    Malformed(u16),
     /// An SSE stream whose first event has this id (bad `Last-Event-ID` values count as
     /// absent and start with the snapshot).
     StreamFrom(u64),
@@ -321,12 +324,12 @@ fn cases() -> Vec<Case> {
         case(
             "garbage request line",
             b"GARBAGE\r\n\r\n".to_vec(),
-            Expect::Json(400),
+            Expect::Malformed(400),
         ),
         case(
             "non-numeric Content-Length",
             http("POST", progress, &["Content-Length: abc"], b""),
-            Expect::Json(400),
+            Expect::Malformed(400),
         ),
         case(
             "conflicting Content-Lengths",
@@ -336,12 +339,12 @@ fn cases() -> Vec<Case> {
                 &["Content-Length: 2", "Content-Length: 3"],
                 b"{}",
             ),
-            Expect::Json(400),
+            Expect::Malformed(400),
         ),
         case(
             "150 headers",
             http("GET", "/healthz", &too_many_headers, b""),
-            Expect::Json(431),
+            Expect::Malformed(431),
         ),
         // Last-Event-ID values that are not a seq the task has: start from the snapshot.
         last_event_id("Last-Event-ID not a number", b"abc", 2),
@@ -403,11 +406,17 @@ async fn run(app: &TestApp, case: &Case) {
         assert_eq!(event.id, Some(first), "{label}");
         return;
     }
+    if let (Expect::Malformed(status), false) = (&case.expect, fast_paths()) {
+        if let Some(response) = send(app.addr, &case.request).await {
+            assert_eq!(response.status, *status, "{label}");
+        }
+        return;
+    }
     let response = send(app.addr, &case.request)
         .await
         .unwrap_or_else(|| panic!("{label}: no response"));
     match case.expect {
-        Expect::Json(status) => {
+        Expect::Json(status) | Expect::Malformed(status) => {
             assert_eq!(response.status, status, "{label}");
             assert_eq!(
                 response.header("content-type"),

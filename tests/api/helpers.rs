@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use clap::ValueEnum;
 use futures_util::StreamExt;
-use progress_hub::config::{Config, StoreKind};
+use progress_hub::config::{Config, StoreKind, Switch};
 use progress_hub::hub::{Hub, TaskId};
 use progress_hub::store::{MemoryStore, Store};
 use progress_hub::Application;
@@ -31,6 +32,14 @@ pub struct TestApp {
     server: Option<JoinHandle<()>>,
 }
 
+/// Whether the servers the tests start have the fast paths on (`PROGRESS_HUB_FAST_PATHS`,
+/// on unless it says off).
+pub fn fast_paths() -> bool {
+    std::env::var("PROGRESS_HUB_FAST_PATHS").map_or(true, |mode| {
+        Switch::from_str(&mode, true) != Ok(Switch::Off)
+    })
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -38,6 +47,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::for_tests();
     config.coalesce_ms = 0;
+    // CI runs the suite a second time with the fast paths off (`.ci/run`).
+    if let Ok(mode) = std::env::var("PROGRESS_HUB_FAST_PATHS") {
+        config.fast_paths =
+            Switch::from_str(&mode, true).expect("PROGRESS_HUB_FAST_PATHS: on or off");
+    }
     configure(&mut config);
     let store: Option<Arc<dyn Store>> = match config.store {
         StoreKind::Memory => Some(Arc::new(MemoryStore::new(config.history as usize))),
@@ -46,7 +60,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_on(config, store).await
 }
 
-async fn spawn_app_on(config: Config, store: Option<Arc<dyn Store>>) -> TestApp {
+/// A server with this configuration on this store (`None`: the one the data directory
+/// holds).
+pub async fn spawn_app_on(config: Config, store: Option<Arc<dyn Store>>) -> TestApp {
     let app = match &store {
         Some(store) => Application::build_with_store(config.clone(), store.clone()).await,
         None => Application::build(config.clone()).await,
@@ -173,6 +189,11 @@ impl TestApp {
         let (config, store) = (self.config.clone(), self.store.clone());
         self.stop().await;
         spawn_app_on(config, store).await
+    }
+
+    /// The in-memory store the server runs on, for other servers to start on.
+    pub fn store(&self) -> Option<Arc<dyn Store>> {
+        self.store.clone()
     }
 
     /// Sends the shutdown signal without waiting for the server to finish.

@@ -39,7 +39,13 @@ async fn ws_status(app: &TestApp, path: &str) -> u16 {
 
 #[tokio::test]
 async fn subscribers_per_task_get_503_until_a_place_is_freed() {
-    let app = spawn_app_with(|c| c.max_subscribers_per_task = 2).await;
+    let app = spawn_app_with(|c| {
+        c.max_subscribers_per_task = 2;
+        // Through hyper (`--fast-paths off`) a client that left is noticed when a write
+        // fails: at the second heartbeat after it left.
+        c.heartbeat_secs = 1;
+    })
+    .await;
     app.create_task("busy", 10).await;
     app.create_task("quiet", 10).await;
     let first = app.sse("/api/index-progress/busy/events", None).await;

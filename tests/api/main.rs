@@ -7,6 +7,7 @@ mod raw;
 
 mod bad_inputs;
 mod binary;
+mod differential;
 mod durability;
 mod errors;
 mod indexer;
@@ -18,6 +19,7 @@ mod page;
 mod poll;
 mod promises;
 mod quick_lane;
+mod relay;
 mod security;
 mod shutdown;
 mod sse;

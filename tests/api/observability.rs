@@ -239,3 +239,62 @@ async fn the_sqlite_store_reports_its_write_latency() {
     let body: Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(body["store"], "sqlite");
 }
+
+/// Every answer is counted by route and status, whoever wrote it (the quick lane, the
+/// router, the lane's refusal of a head that is not HTTP), and every error carries its
+/// machine-readable code.
+#[tokio::test]
+async fn requests_are_counted_by_route_and_status_and_errors_carry_a_code() {
+    let app = crate::helpers::spawn_app().await;
+    app.create_task("counted", 2).await;
+    let route = "/api/index-progress/{task_id}";
+    let series = |status: u16| {
+        format!("progress_hub_http_requests_total{{route=\"{route}\",status=\"{status}\"}}")
+    };
+    let before = crate::raw::scrape(&app).await;
+    let count = |samples: &std::collections::HashMap<String, f64>, key: &str| {
+        samples.get(key).copied().unwrap_or(0.0)
+    };
+    // Two plain polls (the quick lane's with the fast paths on), one routed, one 304.
+    for path in [
+        "/api/index-progress/counted",
+        "/api/index-progress/counted",
+        "/api/index-progress/counted?since=0",
+    ] {
+        assert_eq!(app.get(path).await.status(), 200);
+    }
+    let fresh = app
+        .client
+        .get(app.url("/api/index-progress/counted"))
+        .header("if-none-match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 304);
+    let missing = app.get("/api/index-progress/missing").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"error": "Task not found", "code": "task_not_found"})
+    );
+    let nowhere = app.get("/nowhere").await;
+    assert_eq!(nowhere.status(), 404);
+    let malformed = crate::raw::send(app.addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await;
+    if crate::helpers::fast_paths() {
+        // The lane's own refusal, in the same format.
+        let malformed = malformed.expect("an answer");
+        assert_eq!(malformed.status, 400);
+        assert_eq!(malformed.json().unwrap()["code"], "bad_request");
+    }
+    let after = crate::raw::scrape(&app).await;
+    let grew = |key: &str| count(&after, key) - count(&before, key);
+    assert_eq!(grew(&series(200)), 3.0);
+    assert_eq!(grew(&series(304)), 1.0);
+    assert_eq!(grew(&series(404)), 1.0);
+    let unmatched = "progress_hub_http_requests_total{route=\"unmatched\",status=\"404\"}";
+    assert_eq!(grew(unmatched), 1.0);
+    if crate::helpers::fast_paths() {
+        let refused = "progress_hub_http_requests_total{route=\"unmatched\",status=\"400\"}";
+        assert_eq!(grew(refused), 1.0);
+    }
+}

@@ -96,9 +96,10 @@ async fn unknown_and_invalid_ids() {
     let app = spawn_app().await;
     let response = app.get("/api/index-progress/no-such-task").await;
     assert_eq!(response.status(), 404);
+    // The contract's body, with its machine-readable code beside it.
     assert_eq!(
         response.text().await.unwrap(),
-        r#"{"error":"Task not found"}"#
+        r#"{"error":"Task not found","code":"task_not_found"}"#
     );
 
     let long = "a".repeat(65);
@@ -115,7 +116,7 @@ async fn unknown_and_invalid_ids() {
         assert_eq!(response.status(), 400, "{bad}");
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"error":"Invalid task id"}"#
+            r#"{"error":"Invalid task id","code":"invalid_task_id"}"#
         );
     }
 }

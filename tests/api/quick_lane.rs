@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use progress_hub::config::Switch;
+
 use crate::helpers::{spawn_app, spawn_app_with, within};
 use crate::raw::{
     closed_by_server, connect, parse_response, read_one, read_to_close, send, RawResponse,
@@ -160,7 +162,8 @@ async fn connection_close_and_half_close_are_honoured() {
 
 #[tokio::test]
 async fn what_the_lane_does_not_answer_gets_the_routers_answer() {
-    let app = spawn_app().await;
+    // The lane's own answers: with the fast paths on whatever the environment says.
+    let app = spawn_app_with(|c| c.fast_paths = Switch::On).await;
     app.create_task("routed", 4).await;
     let mut stream = connect(app.addr).await;
     // Unknown task, invalid id, percent-encoded id: the router's JSON answers.

@@ -56,9 +56,10 @@ async fn unknown_task_is_a_json_404_not_a_stream() {
     let response = app.sse("/api/index-progress/missing/events", None).await;
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["content-type"], "application/json");
+    // The contract's body, with its machine-readable code beside it.
     assert_eq!(
         response.text().await.unwrap(),
-        r#"{"error":"Task not found"}"#
+        r#"{"error":"Task not found","code":"task_not_found"}"#
     );
     let response = app.sse("/api/index-progress/bad.id/events", None).await;
     assert_eq!(response.status(), 400);

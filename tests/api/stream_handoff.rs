@@ -7,7 +7,9 @@ use progress_hub::hub::{Hub, NewTask, Outcome, ProgressUpdate, TaskId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{spawn_app, task_id, within};
+use progress_hub::config::Switch;
+
+use crate::helpers::{spawn_app, spawn_app_with, task_id, within};
 
 fn task(hub: &Hub, id: &str) -> TaskId {
     let id = task_id(id);
@@ -86,7 +88,8 @@ fn event_ids(body: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn handed_off_stream_is_valid_chunked_http_and_ends_after_the_terminal_event() {
-    let server = spawn_app().await;
+    // The hand-off itself: with the fast paths on whatever the environment says.
+    let server = spawn_app_with(|c| c.fast_paths = Switch::On).await;
     let id = task(&server.hub, "handoff-1");
     let path = format!("/api/index-progress/{id}/events");
     let (socket, head, rest) = open(server.addr, &path, "HTTP/1.1").await;

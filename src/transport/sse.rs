@@ -1,4 +1,4 @@
-//! A task's SSE stream as a [`Direct`] stream (see [`crate::api::direct`]): HTTP/1.1
+//! A task's SSE stream as a [`Direct`] stream (see [`crate::transport::direct`]): HTTP/1.1
 //! chunks of SSE frames, ended by the last chunk. Through hyper (HTTP/1.0, `HEAD`) the
 //! same sink is a frame source like any other.
 
@@ -9,12 +9,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::{Frame, FrameSource, StreamState, KEEP_ALIVE};
-use crate::api::direct::{self, Direct, Head, Heard, Kind, Peer, Stop, Stream, Wire};
+use super::direct::{self, Direct, Head, Heard, Kind, Peer, Stop, Stream, Wire};
+use super::handoff::{self, LAST_CHUNK};
 use crate::api::error::ApiError;
+use crate::api::sse::{Frame, FrameSource, StreamState, KEEP_ALIVE};
 use crate::api::AppState;
 use crate::hub::{Attached, Event, TaskId};
-use crate::server::handoff::{self, LAST_CHUNK};
 use crate::telemetry::Transport;
 
 /// SSE frames as HTTP/1.1 chunks.

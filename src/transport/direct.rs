@@ -34,10 +34,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
-use super::limits::SubscriberGuard;
-use super::AppState;
+use super::handoff::{self, MAX_BATCH};
+use crate::api::limits::SubscriberGuard;
+use crate::api::AppState;
 use crate::hub::{Attached, Event, Sink, Stats};
-use crate::server::handoff::{self, MAX_BATCH};
 use crate::shutdown::ShutdownWait;
 use crate::telemetry::{DeliverySampler, Transport};
 
@@ -155,7 +155,9 @@ impl Life {
             heartbeat,
             last_write: Instant::now(),
             timer: Box::pin(tokio::time::sleep(heartbeat)),
-            end_of_life: Box::pin(super::sse::until(super::sse::end_of_life(&state.config))),
+            end_of_life: Box::pin(crate::api::sse::until(crate::api::sse::end_of_life(
+                &state.config,
+            ))),
             _place: place,
         }
     }

@@ -320,13 +320,13 @@ impl Reader {
             PONG => None,
             CLOSE => Some(match frame.control[..] {
                 [] => Ok(Incoming::Close(NORMAL)),
-                [hi, lo, ref reason @ ..] if valid_close_code(u16::from_be_bytes([hi, lo])) => {
-                    // The reason is UTF-8 (§5.5.1), or the close is a failure (§8.1).
-                    if std::str::from_utf8(reason).is_err() {
-                        Err(Fail::InvalidData)
-                    } else {
-                        Ok(Incoming::Close(u16::from_be_bytes([hi, lo])))
-                    }
+                // The reason is UTF-8 (§5.5.1), or the close is a failure (§8.1); checked
+                // before the code, as tungstenite does.
+                [_, _, ref reason @ ..] if std::str::from_utf8(reason).is_err() => {
+                    Err(Fail::InvalidData)
+                }
+                [hi, lo, ..] if valid_close_code(u16::from_be_bytes([hi, lo])) => {
+                    Ok(Incoming::Close(u16::from_be_bytes([hi, lo])))
                 }
                 _ => Err(Fail::Protocol),
             }),

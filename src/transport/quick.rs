@@ -17,7 +17,7 @@
 //! in the API's error format where hyper would send a bare status, and the connection
 //! closes.
 //!
-//! Connection rules follow hyper's as configured in [`super::serve`]: keep-alive, the
+//! Connection rules follow hyper's as configured in [`crate::server::serve`]: keep-alive, the
 //! head must arrive within the header timeout counted from the previous answer (or the
 //! accept), `Connection: close` is honoured and echoed, a client that half-closes after
 //! its request still gets its answer, and a stopping server closes idle connections at
@@ -33,6 +33,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiError;
 
 /// Room for the request heads the lane reads before it passes the connection on: real
 /// polls are a few hundred bytes; anything larger is hyper's to judge (it answers 431).
@@ -54,6 +56,9 @@ pub trait Quick: Send + Sync + 'static {
     /// lane adds `content-length`, `connection` and `date`. [`Answer::Pass`] leaves the
     /// request (and the connection) to the router; `out` is then ignored.
     fn answer(&self, path: &str, headers: &[httparse::Header<'_>], out: &mut Vec<u8>) -> Answer;
+
+    /// The lane refused a head that is not HTTP with `status` (for the request count).
+    fn refused(&self, _status: u16) {}
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -162,15 +167,20 @@ pub async fn serve(mut stream: TcpStream, quick: &dyn Quick, rules: Rules<'_>) -
     }
 }
 
-enum Parsed {
+/// What the lane made of the start of its input.
+pub enum Parsed {
+    /// Answered (appended to `out`): `used` bytes were the request; `close` ends the
+    /// connection after the answer.
     Answered { used: usize, close: bool },
+    /// Not a whole head yet.
     Partial,
+    /// Not the lane's: hyper takes the connection from here.
     Pass,
 }
 
 /// Parses one request head at the start of `input` and appends the lane's answer to
-/// `out`.
-fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
+/// `out`. Public for the fuzz target (`fuzz/`).
+pub fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
     if input.is_empty() {
         return Parsed::Partial;
     }
@@ -179,11 +189,15 @@ fn answer_one(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
     let used = match request.parse(input) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return too_many_headers(input, out),
-        Err(_) => return refuse(out, "400 Bad Request", "Malformed HTTP request"),
+        Err(httparse::Error::TooManyHeaders) => return too_many_headers(input, quick, out),
+        Err(_) => return refuse(quick, out, malformed()),
     };
     if !content_length_valid(request.headers) {
-        return refuse(out, "400 Bad Request", "Invalid Content-Length");
+        return refuse(
+            quick,
+            out,
+            ApiError::BadRequest("Invalid Content-Length".to_string()),
+        );
     }
     let (Some("GET"), Some(1), Some(path)) = (request.method, request.version, request.path) else {
         return Parsed::Pass;
@@ -245,29 +259,32 @@ fn finish(out: &mut Vec<u8>, body: Option<&[u8]>, close: bool) {
 /// A request that is not valid HTTP/1.1: answered in the API's error format, where hyper
 /// would send a bare status, and the connection closed (nothing after it can be trusted
 /// to start where a request starts).
-fn refuse(out: &mut Vec<u8>, status: &str, message: &str) -> Parsed {
+fn refuse(quick: &dyn Quick, out: &mut Vec<u8>, error: ApiError) -> Parsed {
+    let status = error.status();
+    quick.refused(status.as_u16());
     let _ = write!(
         out,
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
     );
-    let body = serde_json::json!({ "error": message }).to_string();
-    finish(out, Some(body.as_bytes()), true);
+    finish(out, Some(&error.body()), true);
     Parsed::Answered {
         used: 0,
         close: true,
     }
 }
 
+fn malformed() -> ApiError {
+    ApiError::BadRequest("Malformed HTTP request".to_string())
+}
+
 /// More headers than the lane parses: hyper's own limit (100) decides, in the API's
 /// error format when it is exceeded.
-fn too_many_headers(input: &[u8], out: &mut Vec<u8>) -> Parsed {
+fn too_many_headers(input: &[u8], quick: &dyn Quick, out: &mut Vec<u8>) -> Parsed {
     let mut headers = vec![httparse::EMPTY_HEADER; HYPER_MAX_HEADERS];
     match httparse::Request::new(&mut headers).parse(input) {
-        Err(httparse::Error::TooManyHeaders) => refuse(
-            out,
-            "431 Request Header Fields Too Large",
-            "Too many request headers",
-        ),
+        Err(httparse::Error::TooManyHeaders) => refuse(quick, out, ApiError::TooManyHeaders),
         Ok(httparse::Status::Partial) => Parsed::Partial,
         _ => Parsed::Pass,
     }
