@@ -19,4 +19,5 @@ mod security;
 mod shutdown;
 mod sse;
 mod stream_handoff;
+mod watch;
 mod ws;
