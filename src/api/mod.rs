@@ -9,6 +9,7 @@ mod extract;
 mod health;
 mod index;
 mod limits;
+mod openapi;
 mod page;
 mod poll;
 #[cfg(test)]
@@ -107,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/api/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::NotFound("Not found".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // A body that stalls is answered 408 (see extract.rs), not waited for forever.

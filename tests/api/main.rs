@@ -12,6 +12,7 @@ mod errors;
 mod indexer;
 mod limits;
 mod observability;
+mod openapi;
 mod page;
 mod poll;
 mod quick_lane;
