@@ -7,6 +7,8 @@
 #   bench/compare.sh --quick    small N, short durations: a smoke run (~2 minutes)
 #   bench/compare.sh --only "sse-10k-100 idle"   some scenarios only
 #   LOADGEN_ARGS="--worker-yield 0" bench/compare.sh ...   extra load tool arguments
+#   PROFILE=profiling bench/compare.sh ...   build with line tables, to `perf record -p` the
+#                                            server during a run (same code as release)
 #
 # Everything listens on 127.0.0.1; every loop is bounded; the servers it starts are
 # stopped on exit. Needs root only to install nginx, the Nchan module and wrk when missing.
@@ -32,8 +34,9 @@ BASE="${BENCH_PORT_BASE:-18180}"
 HUB0_PORT=$BASE              # --coalesce-ms 0: every update is an event (raw fan-out)
 HUB50_PORT=$((BASE + 1))     # the default coalescing window
 NCHAN_PORT=$((BASE + 2))
-HUB_BIN="$ROOT/target/release/progress-hub"
-LOADGEN="$ROOT/target/release/loadgen"
+PROFILE="${PROFILE:-release}"
+HUB_BIN="$ROOT/target/$PROFILE/progress-hub"
+LOADGEN="$ROOT/target/$PROFILE/loadgen"
 
 if [ "$MODE" = quick ]; then
     N1K=200; N10K=1000; NIDLE=2000; DUR=2; WRK_SECS=3
@@ -50,8 +53,9 @@ if ! command -v nginx >/dev/null || ! [ -f /usr/lib/nginx/modules/ngx_nchan_modu
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan wrk >/dev/null
 fi
-log "building (release)"
-(cd "$ROOT" && cargo build --release --quiet -p progress-hub --bin progress-hub && cargo build --release --quiet -p loadgen)
+log "building ($PROFILE)"
+(cd "$ROOT" && cargo build --profile "$PROFILE" --quiet -p progress-hub --bin progress-hub \
+    && cargo build --profile "$PROFILE" --quiet -p loadgen)
 # One process may open at most the hard limit (20,000 here); take all of it.
 ulimit -n "$(ulimit -Hn)"
 

@@ -37,6 +37,11 @@ pub enum Command {
         /// The folder to index.
         folder: PathBuf,
     },
+    /// Follow a task of a running server to its end with a progress bar; exit 0, 1 or 2
+    /// when it completed, failed or was cancelled (3: no such task, 4: cannot follow).
+    Watch(crate::cli::WatchArgs),
+    /// List a running server's tasks, newest first.
+    Tasks(crate::cli::TasksArgs),
 }
 
 /// Where task state is kept.

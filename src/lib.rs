@@ -5,6 +5,7 @@
 //! the configuration and calls these; the tests do the same with port 0.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod indexer;

@@ -3,14 +3,13 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
-use progress_hub::config::{Cli, Command, Config};
+use progress_hub::config::{Command, Config};
 use progress_hub::Application;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = progress_hub::cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -21,6 +20,8 @@ async fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::Index { folder } => progress_hub::indexer::cli::run(cli.config, folder).await,
+        Command::Watch(args) => progress_hub::cli::watch::run(args).await,
+        Command::Tasks(args) => progress_hub::cli::tasks::run(args).await,
     }
 }
 

@@ -9,6 +9,7 @@ mod guard;
 mod health;
 mod index;
 pub(crate) mod limits;
+mod openapi;
 mod page;
 mod poll;
 #[cfg(test)]
@@ -107,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/api/openapi.json", get(openapi::document))
         // A write must be one no foreign page could send (see guard.rs).
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -40,6 +40,8 @@ const ASSETS: &[Asset] = &[
     asset!("main.js", "text/javascript; charset=utf-8"),
     asset!("transport.js", "text/javascript; charset=utf-8"),
     asset!("render.js", "text/javascript; charset=utf-8"),
+    // Not used by the page: for embedding one task's progress in other pages.
+    asset!("embed.js", "text/javascript; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "image/svg+xml"),
 ];
