@@ -4,7 +4,9 @@
 //! - `pdf-extract`: the crate, whole document at once (what the indexer used before);
 //! - `pdf-extract/page`: the same crate page by page, each page under `catch_unwind`;
 //! - `lopdf`: lopdf's own `extract_text`, page by page;
-//! - `progress-hub`: the indexer's extractor (lopdf parsing, its own fonts and layout).
+//! - `progress-hub`: the indexer's extractor (lopdf parsing, its own fonts and layout);
+//! - `pdftotext`: poppler's command-line tool (C++), when it is installed, as the reference
+//!   for speed and text (its time includes starting the process).
 //!
 //! For each it prints whether the file was read, the pages that failed, the words it
 //! yielded, how many of those are implausibly long (words glued together), whether the
@@ -60,12 +62,21 @@ fn main() {
     if let Some(dir) = &args.dir {
         samples.extend(real_pdfs(dir, args.max_files));
     }
-    let candidates: [(&str, Candidate); 4] = [
+    let mut candidates: Vec<(&str, Candidate)> = vec![
         ("pdf-extract", pdf_extract_whole),
         ("pdf-extract/page", pdf_extract_by_page),
         ("lopdf", lopdf_by_page),
         ("progress-hub", progress_hub),
     ];
+    if std::process::Command::new("pdftotext")
+        .arg("-v")
+        .output()
+        .is_ok()
+    {
+        candidates.push(("pdftotext", pdftotext));
+    } else {
+        println!("(pdftotext not installed: `apt-get install poppler-utils` to compare with it)");
+    }
     println!(
         "{:<34} {:<17} {:>6} {:>6} {:>8} {:>6} {:>9}  expected / error",
         "file", "candidate", "read", "badpg", "words", "glued", "ms"
@@ -181,6 +192,33 @@ fn pdf_extract_by_page(bytes: &[u8]) -> (String, Option<String>, usize) {
         }
     }
     (text, None, failed)
+}
+
+/// poppler's `pdftotext`, the PDF read from stdin and the text written to stdout.
+fn pdftotext(bytes: &[u8]) -> (String, Option<String>, usize) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("pdftotext")
+        .args(["-q", "-enc", "UTF-8", "-", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) => return (String::new(), Some(error.to_string()), 0),
+    };
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output();
+    let _ = writer.join();
+    match output {
+        Ok(out) if out.status.success() => {
+            (String::from_utf8_lossy(&out.stdout).into_owned(), None, 0)
+        }
+        Ok(out) => (String::new(), Some(format!("pdftotext: {}", out.status)), 0),
+        Err(error) => (String::new(), Some(error.to_string()), 0),
+    }
 }
 
 fn lopdf_by_page(bytes: &[u8]) -> (String, Option<String>, usize) {
