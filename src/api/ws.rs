@@ -35,7 +35,9 @@ use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
 use crate::hub::{Event, Sink};
 use crate::telemetry::{DeliverySampler, Transport};
-use crate::transport::direct::{self, Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
+use crate::transport::direct::{
+    self, Direct, Head, Heard, Kind, Life, Peer, Relayed, Stop, Stream, Wire,
+};
 use crate::transport::handoff::{FrameStream, Handoff, Takeover};
 use crate::transport::ws::{frame, plain};
 
@@ -102,6 +104,7 @@ pub async fn task_ws(
         // After our close frame, wait briefly for the client's, so the closing handshake
         // completes before the server closes the connection (RFC 6455 §7.1.1).
         linger: Some(CLOSE_WAIT),
+        feed: Relayed,
     };
     let (handoff, body) = Handoff::new(Box::new(stream));
     let mut response = switching(accept, body);

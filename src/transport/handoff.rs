@@ -6,10 +6,10 @@
 //! stream itself needs only its socket and its frame source. So an SSE response to an
 //! HTTP/1.1 `GET` is handed off: hyper writes the status line and headers as usual (every
 //! middleware still applies to them), and once they are flushed the connection task drops
-//! hyper's state and [`write_stream`] carries on with the same chunked encoding on the bare
-//! socket. The response says `Connection: close`, as the socket ends with the stream.
-//! A WebSocket's `101` is handed off the same way, and its writer speaks WebSocket frames
-//! from there (`crate::api::ws`).
+//! hyper's state and the stream's writer ([`crate::transport::direct`]) carries on with
+//! the same chunked encoding on the bare socket. The response says `Connection: close`,
+//! as the socket ends with the stream. A WebSocket's `101` is handed off the same way,
+//! and its writer speaks WebSocket frames from there (`crate::api::ws`).
 //!
 //! Anything else takes the ordinary path, with the same bytes on the wire: tests that drive
 //! the router without a socket, HTTP/1.0 or `HEAD` requests stream the body through hyper.
@@ -26,7 +26,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Response, StatusCode, Version};
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
@@ -41,7 +41,7 @@ pub trait Takeover: Send + 'static {
     fn into_frames(self: Box<Self>) -> FrameStream;
 
     /// Writes the rest of the body on the bare socket (for an SSE stream: as HTTP/1.1
-    /// chunks, [`write_stream`]) until it ends; then ends the body and closes the socket.
+    /// chunks) until it ends; then ends the body and closes the socket.
     fn write(self: Box<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
@@ -317,57 +317,6 @@ pub fn spawn_moved<F, Fut>(
 /// queued goes out together, as hyper would have flushed it.
 pub const MAX_BATCH: usize = 16;
 
-/// Writes a handed-off stream's frames as HTTP/1.1 chunks until it ends (terminal event,
-/// server shutdown) or the client goes away, then ends the body and closes the socket.
-pub async fn write_stream(mut socket: TcpStream, mut frames: FrameStream, send_timeout: Duration) {
-    let mut batch: Vec<Bytes> = Vec::new();
-    loop {
-        let mut ended = false;
-        tokio::select! {
-            biased;
-            () = next_batch(&mut frames, &mut batch, &mut ended) => {
-                if write_chunks(&socket, &batch, ended, send_timeout).await.is_err() || ended {
-                    let _ = socket.shutdown().await;
-                    return;
-                }
-                batch.clear();
-            }
-            // A client of an event stream has nothing more to send: readable means it
-            // closed the connection (or sent junk, which is read and ignored). The
-            // socket's own reader slot holds the waker: unlike `readable()`, re-arming it
-            // after every batch adds no waiter to a list and removes none.
-            readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => {
-                if readable.is_err() || client_closed(&socket) {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Waits for at least one frame (or the end), then takes every frame already waiting.
-/// Cancel-safe: frames are moved into `batch` as soon as they are taken.
-async fn next_batch(frames: &mut FrameStream, batch: &mut Vec<Bytes>, ended: &mut bool) {
-    std::future::poll_fn(|cx| {
-        while batch.len() < MAX_BATCH {
-            match frames.poll_next_unpin(cx) {
-                Poll::Ready(Some(frame)) => batch.push(frame),
-                Poll::Ready(None) => {
-                    *ended = true;
-                    break;
-                }
-                Poll::Pending => break,
-            }
-        }
-        if batch.is_empty() && !*ended {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await
-}
-
 /// Whether the client of a stream has closed its side (what it sent otherwise is read and
 /// ignored: a client of an event stream has nothing to say).
 pub fn client_closed(socket: &TcpStream) -> bool {
@@ -377,30 +326,6 @@ pub fn client_closed(socket: &TcpStream) -> bool {
         Ok(_) => false,
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     }
-}
-
-/// Size lines of up to [`MAX_BATCH`] chunks (`<hex length>\r\n`).
-pub type SizeLines = [[u8; 20]; MAX_BATCH];
-
-/// Each of `frames` as one chunk (`<hex length>\r\n<frame>\r\n`), then the last chunk
-/// if `ended`, as the slices of one `writev`. At most [`MAX_BATCH`] frames are taken.
-pub fn chunk_slices<'a>(
-    frames: impl IntoIterator<Item = &'a [u8]>,
-    lines: &'a mut SizeLines,
-    ended: bool,
-) -> Vec<IoSlice<'a>> {
-    let mut parts = Vec::with_capacity(MAX_BATCH * 3 + 1);
-    for (frame, line) in frames.into_iter().zip(lines.iter_mut()) {
-        let len = size_line(frame.len(), line);
-        let line: &'a [u8; 20] = line;
-        parts.push(IoSlice::new(&line[..len]));
-        parts.push(IoSlice::new(frame));
-        parts.push(IoSlice::new(b"\r\n"));
-    }
-    if ended {
-        parts.push(IoSlice::new(LAST_CHUNK));
-    }
-    parts
 }
 
 /// Writes the size line of a chunk of `len` bytes (`<hex length>\r\n`) into `line`;
@@ -414,21 +339,6 @@ pub fn size_line(len: usize, line: &mut [u8; 20]) -> usize {
 
 /// The chunk that ends a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-/// Each frame as one chunk, then the last chunk if the stream `ended`, all in one
-/// `writev` when the socket takes it.
-pub async fn write_chunks(
-    socket: &TcpStream,
-    frames: &[Bytes],
-    ended: bool,
-    send_timeout: Duration,
-) -> io::Result<()> {
-    // Heap, not stack: whatever lives across an `await` here is part of every idle
-    // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
-    let mut lines: Box<SizeLines> = Box::new([[0; 20]; MAX_BATCH]);
-    let mut parts = chunk_slices(frames.iter().map(|f| &f[..]), &mut lines, ended);
-    write_all(socket, &mut parts, send_timeout).await
-}
 
 /// Writes every slice, waiting in the socket's writer slot whenever it is full.
 pub async fn write_all(
