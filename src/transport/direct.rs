@@ -7,8 +7,8 @@
 //! non-blocking `writev`, and the stream's own task stays asleep: it only keeps the
 //! heartbeat and the stream's life, answers what the client sends, and notices the server
 //! stopping or the client leaving. Per delivered event that saves the wake-up, the
-//! scheduling and the polling of a task, about a third of the server's CPU per event with
-//! 10,000 subscribers (BENCHMARKS.md, item 12).
+//! scheduling and the polling of a task, a large share of the server's CPU per event with
+//! many subscribers (docs/design/relay-direct-writers.md).
 //!
 //! When the socket cannot take an event at once, the event is queued and the task woken
 //! to write it as the socket drains. While anything is queued (or the task is writing),
@@ -515,7 +515,7 @@ impl<W: Wire> Direct<W> {
     /// Writes `frames`, then `end`, waiting for the socket as needed.
     async fn write_frames(&self, frames: &[Queued], end: &[u8]) -> io::Result<()> {
         // Heap, not stack: whatever lives across an `await` here is part of every idle
-        // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
+        // stream's task (docs/design/handoff.md#keeping-it-small).
         let mut heads: Box<[Head; MAX_BATCH]> = Box::new([[0; 20]; MAX_BATCH]);
         let mut parts = frame_slices::<W>(frames, &mut heads, end);
         handoff::write_all(self.socket(), &mut parts, self.send_timeout).await

@@ -2,8 +2,8 @@
 //!
 //! hyper keeps its connection state and two 8 KiB buffers (one to read, one for response
 //! heads) for as long as a connection lives. For an SSE stream that stays open for hours
-//! that is most of its memory (profiled: ~12.5 KB of RSS per idle subscriber), while the
-//! stream itself needs only its socket and its frame source. So an SSE response to an
+//! that is most of its memory (docs/design/handoff.md), while the stream itself needs
+//! only its socket and its frame source. So an SSE response to an
 //! HTTP/1.1 `GET` is handed off: hyper writes the status line and headers as usual (every
 //! middleware still applies to them), and once they are flushed the connection task drops
 //! hyper's state and the stream's writer ([`crate::transport::direct`]) carries on with
@@ -353,7 +353,8 @@ pub async fn write_all(
             // The socket is full: the client is not reading. Give it `send_timeout` to
             // take anything at all (the timer starts only here, not per write).
             // Boxed: this future is part of every stream's task, and a timer inline
-            // would cost every idle stream its size (about 250 B of RSS each).
+            // would cost every idle stream its size
+            // (docs/design/handoff.md#keeping-it-small).
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let ready = std::future::poll_fn(|cx| socket.poll_write_ready(cx));
                 Box::pin(tokio::time::timeout(send_timeout, ready))
