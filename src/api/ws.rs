@@ -27,6 +27,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
@@ -68,9 +69,15 @@ pub async fn task_ws(
             delivery: DeliverySampler::new(state.metrics.clone(), Transport::WebSocket),
         };
         let upgrade = hyper::upgrade::on(&mut request);
+        // The session goes on in the request's span, as a handed-off stream does.
+        let span = tracing::Span::current();
         let run = async move {
             if let Ok(upgraded) = upgrade.await {
-                session.run(hyper_util::rt::TokioIo::new(upgraded)).await;
+                session
+                    .run(hyper_util::rt::TokioIo::new(upgraded))
+                    .instrument(span.clone())
+                    .await;
+                tracing::debug!(parent: &span, "stream ended");
             }
         };
         // Tracked by the server when it serves the connection (not in `oneshot` tests).

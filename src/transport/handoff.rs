@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span};
 
 /// Ready-to-send frames of one stream, ending when the stream should end.
 pub type FrameStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
@@ -48,12 +49,24 @@ pub trait Takeover: Send + 'static {
 /// Rides in a streaming response's extensions; the response body holds the same frames
 /// and streams them itself unless the server took them first.
 #[derive(Clone)]
-pub struct Handoff(Arc<Mutex<Option<Box<dyn Takeover>>>>);
+pub struct Handoff(Arc<Mutex<Option<Taken>>>);
+
+/// A stream to take over: its body, and the span of the request that opened it (see
+/// [`crate::telemetry`]), which its writer carries on.
+pub struct Taken {
+    body: Box<dyn Takeover>,
+    span: Span,
+}
 
 impl Handoff {
     /// A response body for `body` and the hand-off that lets the server take it over.
+    /// Called by the handler, inside the request's span.
     pub fn new(body: Box<dyn Takeover>) -> (Handoff, Body) {
-        let handoff = Handoff(Arc::new(Mutex::new(Some(body))));
+        let stream = Taken {
+            body,
+            span: Span::current(),
+        };
+        let handoff = Handoff(Arc::new(Mutex::new(Some(stream))));
         let body = Body::from_stream(Fallback {
             handoff: handoff.clone(),
             frames: None,
@@ -61,7 +74,7 @@ impl Handoff {
         (handoff, body)
     }
 
-    fn take(&self) -> Option<Box<dyn Takeover>> {
+    fn take(&self) -> Option<Taken> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -77,7 +90,7 @@ impl Stream for Fallback {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.frames.is_none() {
-            self.frames = self.handoff.take().map(Takeover::into_frames);
+            self.frames = self.handoff.take().map(|stream| stream.body.into_frames());
         }
         match self.frames.as_mut() {
             Some(frames) => frames.poll_next_unpin(cx).map(|frame| frame.map(Ok)),
@@ -90,8 +103,9 @@ impl Stream for Fallback {
 /// its task.
 #[derive(Default)]
 pub struct Connection {
-    /// The body taken from the response being written, waiting for its head to be flushed.
-    armed: Mutex<Option<Box<dyn Takeover>>>,
+    /// The stream taken from the response being written, waiting for its head to be
+    /// flushed.
+    armed: Mutex<Option<Taken>>,
     /// Signalled once the armed response's head is on the wire.
     flushed: Notify,
     /// Where the socket wrapper leaves the socket when hyper drops it after a hand-off.
@@ -110,10 +124,10 @@ impl Connection {
         if version != Version::HTTP_11 || method != Method::GET {
             return;
         }
-        let Some(body) = handoff.take() else {
+        let Some(stream) = handoff.take() else {
             return;
         };
-        *lock(&self.armed) = Some(body);
+        *lock(&self.armed) = Some(stream);
         // A stream ends its socket; a `101` (WebSocket) keeps its `Connection: upgrade`.
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             response
@@ -129,11 +143,11 @@ impl Connection {
         self.flushed.notified().await;
     }
 
-    /// After hyper's connection was dropped: the socket and the body to go on with.
-    pub fn take(&self) -> Option<(TcpStream, Box<dyn Takeover>)> {
-        let body = lock(&self.armed).take()?;
+    /// After hyper's connection was dropped: the socket and the stream to go on with.
+    pub fn take(&self) -> Option<(TcpStream, Taken)> {
+        let stream = lock(&self.armed).take()?;
         let socket = lock(&self.socket).take()?;
-        Some((socket, body))
+        Some((socket, stream))
     }
 
     fn is_armed(&self) -> bool {
@@ -269,27 +283,51 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// Starts writing `body` ([`Takeover::write`]) on `runtime` (the current one if `None`),
-/// tracked by `tracker` so shutdown waits for it; `guard` is dropped when the stream
-/// ends. The socket moves to that runtime's reactor with it.
+/// Starts writing `stream` ([`Takeover::write`]) on `runtime` (the current one if
+/// `None`), tracked by `tracker` so shutdown waits for it; `guard` is dropped when the
+/// stream ends. The socket moves to that runtime's reactor with it.
 pub fn spawn_writer(
     socket: TcpStream,
-    body: Box<dyn Takeover>,
+    stream: Taken,
     guard: impl Send + 'static,
     runtime: Option<&tokio::runtime::Handle>,
     tracker: &TaskTracker,
 ) {
-    let Some(runtime) = runtime else {
-        tracker.spawn(async move {
+    let Taken { body, span } = stream;
+    if span.is_disabled() {
+        // Not traced at this level: the writer, which every idle stream keeps, does not
+        // carry the span.
+        drop(span);
+        spawn_on(runtime, tracker, socket, move |socket| async move {
             body.write(socket).await;
             drop(guard);
         });
         return;
-    };
-    spawn_moved(runtime, tracker, socket, |socket| async move {
-        body.write(socket).await;
+    }
+    spawn_on(runtime, tracker, socket, move |socket| async move {
+        body.write(socket).instrument(span.clone()).await;
+        tracing::debug!(parent: &span, "stream ended");
         drop(guard);
     });
+}
+
+/// Runs `serve` with `socket` on `runtime` ([`spawn_moved`]), or on the current runtime
+/// if `None`, tracked by `tracker`.
+fn spawn_on<F, Fut>(
+    runtime: Option<&tokio::runtime::Handle>,
+    tracker: &TaskTracker,
+    socket: TcpStream,
+    serve: F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match runtime {
+        Some(runtime) => spawn_moved(runtime, tracker, socket, serve),
+        None => {
+            tracker.spawn(serve(socket));
+        }
+    }
 }
 
 /// Runs `serve` with `socket` on `runtime`, tracked by `tracker`: the socket leaves the
