@@ -375,13 +375,6 @@ pub struct StoreMetrics {
 }
 
 impl StoreMetrics {
-    /// A handle that records nowhere, for stores used outside a server.
-    pub fn noop() -> StoreMetrics {
-        StoreMetrics {
-            write: Histogram::noop(),
-        }
-    }
-
     /// One write (or one batch of writes) took this long.
     pub fn record_write(&self, took: Duration) {
         self.write.record(took.as_secs_f64());
