@@ -636,8 +636,21 @@ mod tests {
         };
         store.record(&event("tick", 1, Status::Processing));
         committed(1);
-        std::thread::sleep(IDLE_AFTER + COMMIT_INTERVAL * 10);
-        assert!(store.pending().asleep, "idle long enough to sleep");
+        // The writer counts its quiet ticks, which a loaded machine stretches: wait for
+        // the sleep itself, not for the idle time.
+        let started = Instant::now();
+        while !store.pending().asleep {
+            assert!(
+                started.elapsed() < IDLE_AFTER * 10,
+                "never fell asleep while idle"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // From the commit, which `committed` saw a moment after it happened.
+        assert!(
+            started.elapsed() >= IDLE_AFTER / 2,
+            "asleep before it was idle"
+        );
         store.record(&event("tick", 2, Status::Processing));
         committed(2);
     }
