@@ -290,7 +290,7 @@ async fn an_ending_the_locked_store_could_not_write_is_kept_and_stored_later() {
     assert_eq!(poll(&client, &server, "locked").await, shown);
     assert_eq!(
         poll(&client, &server, "during").await,
-        json!({"error": "Task not found"}),
+        json!({"error": "Task not found", "code": "task_not_found"}),
         "a refused creation was never made"
     );
     assert_eq!(
