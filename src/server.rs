@@ -221,8 +221,8 @@ impl Connection {
             }
             // Leaving this block drops hyper's connection state and buffers.
         }
-        if let Some((socket, body)) = handoff.take() {
-            handoff::spawn_writer(socket, body, open, writers.as_ref(), &tracker);
+        if let Some((socket, stream)) = handoff.take() {
+            handoff::spawn_writer(socket, stream, open, writers.as_ref(), &tracker);
         }
     }
 }

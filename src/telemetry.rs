@@ -1,3 +1,13 @@
+//! Metrics, and the span every request is traced in.
+//!
+//! Every request, on every path (routed, answered by the quick lane, or an event stream
+//! written after its hand-off from hyper), is traced in a `DEBUG` span named `request`
+//! with its `method`, `route` (as the router writes it), `task_id` where the route has
+//! one, and `status`, and ends with a `DEBUG` event (`answered`, or `stream ended` when a
+//! handed-off stream ends). The log filter is `RUST_LOG`, `info` by default (`main.rs`):
+//! then the span is disabled, which costs a level check, and its fields are not even
+//! computed. `RUST_LOG=progress_hub=debug` shows one line per request.
+//!
 //! Metrics: one Prometheus recorder per [`Application`](crate::Application), never a
 //! global one, so that many servers can run in one process (the tests do).
 //!
@@ -17,6 +27,39 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use crate::hub::{Hub, Status};
+
+/// The span of one request (see the module docs). A macro, so that the fields are
+/// computed only when the span is enabled. `task_id`: an `Option` of something `Display`.
+macro_rules! request_span {
+    ($method:expr, $route:expr, $task_id:expr) => {
+        tracing::debug_span!(
+            "request",
+            method = %$method,
+            route = %$route,
+            task_id = $task_id.map(tracing::field::display),
+            status = tracing::field::Empty,
+        )
+    };
+}
+pub(crate) use request_span;
+
+/// Ends a request's span: its status, and the event that shows the request in the log.
+/// `how`: the event's message.
+pub fn answered(span: &tracing::Span, status: u16, how: &'static str) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("status", status);
+    tracing::debug!(parent: span, "{how}");
+}
+
+/// The `task_id` segment of `path` when `route` (as the router writes it) has one.
+pub fn task_id_in<'a>(route: &str, path: &'a str) -> Option<&'a str> {
+    let at = route
+        .split('/')
+        .position(|segment| segment == "{task_id}")?;
+    path.split('/').nth(at)
+}
 
 /// How a subscriber follows tasks; one connections gauge each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,13 +375,6 @@ pub struct StoreMetrics {
 }
 
 impl StoreMetrics {
-    /// A handle that records nowhere, for stores used outside a server.
-    pub fn noop() -> StoreMetrics {
-        StoreMetrics {
-            write: Histogram::noop(),
-        }
-    }
-
     /// One write (or one batch of writes) took this long.
     pub fn record_write(&self, took: Duration) {
         self.write.record(took.as_secs_f64());
@@ -389,4 +425,24 @@ fn gauge(r: &PrometheusRecorder, key: Key) -> Gauge {
 
 fn histogram(r: &PrometheusRecorder, key: Key) -> Histogram {
     r.register_histogram(&key, &metadata())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_id_in;
+
+    #[test]
+    fn the_task_id_is_the_segment_the_route_names() {
+        let route = "/api/index-progress/{task_id}/events";
+        assert_eq!(
+            task_id_in(route, "/api/index-progress/t-1/events"),
+            Some("t-1")
+        );
+        assert_eq!(
+            task_id_in("/api/tasks/{task_id}", "/api/tasks/x"),
+            Some("x")
+        );
+        assert_eq!(task_id_in("/api/tasks", "/api/tasks"), None);
+        assert_eq!(task_id_in("unmatched", "/nowhere/at/all"), None);
+    }
 }

@@ -48,10 +48,6 @@ impl Origins {
         Some(host_name(authority))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
     /// The CORS layer for the configured list, or `None` without one.
     pub fn layer(&self) -> Option<CorsLayer> {
         if self.list.is_empty() {

@@ -22,7 +22,7 @@ pub enum ApiError {
     /// 403: a forbidden origin, or a path outside the allowed roots.
     #[error("{0}")]
     Forbidden(String),
-    /// 404: exactly the body the original polling endpoint sent.
+    /// 404: the original polling endpoint's message, word for word.
     #[error("Task not found")]
     TaskNotFound,
     /// 404: any other missing resource or route.
@@ -186,4 +186,79 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    /// One of each kind of error.
+    fn every_kind() -> Vec<ApiError> {
+        let text = || "x".to_string();
+        vec![
+            ApiError::InvalidTaskId,
+            ApiError::BadRequest(text()),
+            ApiError::Unauthorized,
+            ApiError::Forbidden(text()),
+            ApiError::TaskNotFound,
+            ApiError::NotFound(text()),
+            ApiError::MethodNotAllowed,
+            ApiError::RequestTimeout,
+            ApiError::Conflict(text()),
+            ApiError::PayloadTooLarge(1),
+            ApiError::UnsupportedMediaType,
+            ApiError::Unprocessable(text()),
+            ApiError::UpgradeRequired,
+            ApiError::TooManyHeaders,
+            ApiError::TooManyRequests {
+                message: text(),
+                retry_after_secs: 1,
+            },
+            ApiError::Unavailable {
+                message: text(),
+                retry_after_secs: 1,
+            },
+            ApiError::Internal("the cause".to_string()),
+        ]
+    }
+
+    /// The codes are the contract's: distinct, and each one listed in docs/API.md and in
+    /// the `Error` schema of docs/openapi.json.
+    #[test]
+    fn every_code_is_distinct_and_documented() {
+        let api = include_str!("../../docs/API.md");
+        let openapi: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
+        let schema = &openapi["components"]["schemas"]["Error"]["properties"]["code"]["enum"];
+        let mut documented: Vec<&str> = schema
+            .as_array()
+            .expect("an enum of codes")
+            .iter()
+            .map(|code| code.as_str().unwrap())
+            .collect();
+        let mut codes: Vec<&str> = every_kind().iter().map(ApiError::code).collect();
+        for code in &codes {
+            assert!(
+                api.contains(&format!("`{code}`")),
+                "docs/API.md lacks {code}"
+            );
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        documented.sort_unstable();
+        assert_eq!(codes.len(), every_kind().len(), "codes must be distinct");
+        assert_eq!(codes, documented, "docs/openapi.json's Error codes");
+    }
+
+    #[test]
+    fn the_body_carries_the_message_and_the_code() {
+        for error in every_kind() {
+            let body: serde_json::Value = serde_json::from_slice(&error.body()).unwrap();
+            let expected = serde_json::json!({"error": error.to_string(), "code": error.code()});
+            assert_eq!(body, expected);
+        }
+        // A 5xx cause is logged, not sent.
+        let internal = ApiError::Internal("the cause".to_string()).body();
+        assert!(!String::from_utf8_lossy(&internal).contains("the cause"));
+    }
 }

@@ -27,6 +27,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tower::util::option_layer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
+use tracing::Instrument;
 
 pub use auth::{Security, SecurityError};
 pub use error::ApiError;
@@ -126,18 +127,19 @@ pub fn router(state: AppState) -> Router {
             guard::host,
         ))
         .layer(option_layer(state.security.origins.layer()))
-        // Outermost: counts every answer by route and status (the quick lane counts its
-        // own).
+        // Outermost: counts and traces every answer by route and status (the quick lane
+        // does its own).
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            count_request,
+            observe_request,
         ))
         .with_state(state)
 }
 
 /// Counts a request in `progress_hub_http_requests_total` by its route (as written in
-/// [`router`]) and the status of its answer.
-async fn count_request(
+/// [`router`]) and the status of its answer, and traces it in its span (see
+/// [`crate::telemetry`]), which a handed-off stream's writer carries on.
+async fn observe_request(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -148,8 +150,14 @@ async fn count_request(
         .map_or(crate::telemetry::UNMATCHED_ROUTE.to_string(), |path| {
             path.as_str().to_string()
         });
-    let response = next.run(request).await;
+    let span = crate::telemetry::request_span!(
+        request.method(),
+        route,
+        crate::telemetry::task_id_in(&route, request.uri().path())
+    );
+    let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     state.metrics.http_requests(&route, status).increment(1);
+    crate::telemetry::answered(&span, status, "answered");
     response
 }

@@ -163,6 +163,9 @@ impl Quick for QuickPolls {
         } else {
             ("200 OK", "content-type: application/json\r\n")
         };
+        let span = crate::telemetry::request_span!("GET", POLL_ROUTE, Some(raw));
+        let code = if fresh { 304 } else { 200 };
+        crate::telemetry::answered(&span, code, "answered by the quick lane");
         // Writing to a `Vec` cannot fail.
         let _ = write!(
             out,
@@ -182,6 +185,9 @@ impl Quick for QuickPolls {
         let metrics = &self.0.metrics;
         let route = crate::telemetry::UNMATCHED_ROUTE;
         metrics.http_requests(route, status).increment(1);
+        // Not HTTP: no method to tell.
+        let span = crate::telemetry::request_span!("-", route, None::<&str>);
+        crate::telemetry::answered(&span, status, "refused by the quick lane");
     }
 }
 

@@ -6,11 +6,15 @@
 //! a while, and ends the stream after the terminal event, when the server shuts down, or
 //! when the stream has lived its maximum life (the client resumes with `Last-Event-ID`).
 //! Each stream holds its subscriber's place in the limits until it is dropped.
+//!
+//! With the fast paths on, once the headers are out the server takes both kinds of
+//! stream over from hyper, and one writer writes them ([`crate::transport::sse`]): a
+//! task's stream fed by its task's relay, the all-tasks stream by the hub's all-tasks
+//! channel. With them off, hyper streams both from the hub's channels.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -32,8 +36,8 @@ use crate::config::Config;
 use crate::hub::{AllSubscription, Subscription};
 use crate::telemetry::{DeliverySampler, Transport};
 use crate::transport::direct::Life;
-use crate::transport::handoff::{write_stream, FrameStream, Handoff, Takeover};
-use crate::transport::sse::DirectSource;
+use crate::transport::handoff::{FrameStream, Handoff, Takeover};
+use crate::transport::sse::{AllSource, DirectSource};
 
 /// How long EventSource waits before reconnecting after the stream ends.
 const RETRY_MS: u64 = 2000;
@@ -67,12 +71,12 @@ pub async fn task_events(
         // Through hyper only: the hub's channel, no sink for the relay.
         return match state.hub.subscribe(&id, last)? {
             None => Ok(StatusCode::NO_CONTENT.into_response()),
-            Some(subscription) => Ok(event_stream(subscription, place, Transport::Sse, &state)),
+            Some(subscription) => Ok(streamed(subscription, place, Transport::Sse, &state)),
         };
     }
     match DirectSource::subscribe(&state, &id, last)? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
-        Some(source) => Ok(event_stream(source, place, Transport::Sse, &state)),
+        Some(source) => Ok(handed(source, place, Transport::Sse, &state)),
     }
 }
 
@@ -84,13 +88,13 @@ pub async fn all_events(
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::AllEvents, None)?;
-    let subscription = state.hub.subscribe_all(last);
-    Ok(event_stream(
-        subscription,
-        place,
-        Transport::AllEvents,
-        &state,
-    ))
+    if !state.config.fast_paths() {
+        // Through hyper only: the hub's channel, framed by hyper.
+        let subscription = state.hub.subscribe_all(last);
+        return Ok(streamed(subscription, place, Transport::AllEvents, &state));
+    }
+    let source = AllSource::subscribe(&state, last);
+    Ok(handed(source, place, Transport::AllEvents, &state))
 }
 
 /// When a stream opened now must end: at a random moment in the last tenth of its
@@ -118,13 +122,13 @@ pub struct Frame {
 /// Something that yields ready-to-send SSE frames until it has nothing more to say.
 pub trait FrameSource: Send + Sized + 'static {
     fn next_frame(&mut self) -> impl Future<Output = Option<Frame>> + Send;
+}
 
-    /// Writes the stream on a socket taken over from hyper (see [`Takeover`]): by
-    /// default the same frames, one stream task pulling them.
-    fn write(st: StreamState<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let send_timeout = st.send_timeout;
-        Box::pin(write_stream(socket, frames(st), send_timeout))
-    }
+/// A frame source whose stream the server may take over from hyper (see [`Takeover`]):
+/// on the bare socket, a [`crate::transport::direct`] writer writes it, as it writes
+/// every SSE stream.
+pub trait Handed: FrameSource {
+    fn write(st: StreamState<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 impl FrameSource for Subscription {
@@ -140,9 +144,10 @@ impl FrameSource for Subscription {
 impl FrameSource for AllSubscription {
     async fn next_frame(&mut self) -> Option<Frame> {
         let event = self.next().await;
+        let event = event.on_stream();
         Some(Frame {
             bytes: event.sse_frame().clone(),
-            published_at: Some(event.event().published_at()),
+            published_at: Some(event.published_at()),
         })
     }
 }
@@ -153,11 +158,9 @@ pub struct StreamState<S> {
     /// Counts the frames written through [`frames`].
     pub(crate) delivery: DeliverySampler,
     pub(crate) life: Life,
-    /// `--send-timeout-secs`, for a stream written on its own socket.
-    pub(crate) send_timeout: Duration,
 }
 
-impl<S: FrameSource> Takeover for StreamState<S> {
+impl<S: Handed> Takeover for StreamState<S> {
     fn into_frames(self: Box<Self>) -> FrameStream {
         frames(*self)
     }
@@ -167,20 +170,9 @@ impl<S: FrameSource> Takeover for StreamState<S> {
     }
 }
 
-fn event_stream<S: FrameSource>(
-    source: S,
-    place: SubscriberGuard,
-    transport: Transport,
-    state: &AppState,
-) -> Response {
-    let st = StreamState {
-        source,
-        prelude: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
-        delivery: DeliverySampler::new(state.metrics.clone(), transport),
-        life: Life::new(state, place),
-        send_timeout: state.config.send_timeout(),
-    };
-    let headers = [
+/// The headers of every SSE answer.
+fn sse_headers() -> [(header::HeaderName, HeaderValue); 3] {
+    [
         (
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
@@ -190,14 +182,45 @@ fn event_stream<S: FrameSource>(
             header::HeaderName::from_static("x-accel-buffering"),
             HeaderValue::from_static("no"),
         ),
-    ];
-    if !state.config.fast_paths() {
-        let body = Body::from_stream(frames(st).map(Ok::<_, Infallible>));
-        return (headers, body).into_response();
+    ]
+}
+
+pub(crate) fn stream_state<S>(
+    source: S,
+    place: SubscriberGuard,
+    transport: Transport,
+    state: &AppState,
+) -> StreamState<S> {
+    StreamState {
+        source,
+        prelude: Some(Bytes::from(format!("retry: {RETRY_MS}\n\n"))),
+        delivery: DeliverySampler::new(state.metrics.clone(), transport),
+        life: Life::new(state, place),
     }
-    // The server may take the stream over from hyper once the headers are out.
+}
+
+/// An SSE answer whose body hyper streams (`--fast-paths off`).
+fn streamed<S: FrameSource>(
+    source: S,
+    place: SubscriberGuard,
+    transport: Transport,
+    state: &AppState,
+) -> Response {
+    let st = stream_state(source, place, transport, state);
+    let body = Body::from_stream(frames(st).map(Ok::<_, Infallible>));
+    (sse_headers(), body).into_response()
+}
+
+/// An SSE answer that the server may take over from hyper once the headers are out.
+fn handed<S: Handed>(
+    source: S,
+    place: SubscriberGuard,
+    transport: Transport,
+    state: &AppState,
+) -> Response {
+    let st = stream_state(source, place, transport, state);
     let (handoff, body) = Handoff::new(Box::new(st));
-    let mut response = (headers, body).into_response();
+    let mut response = (sse_headers(), body).into_response();
     response.extensions_mut().insert(handoff);
     response
 }

@@ -27,6 +27,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::extract::ApiQuery;
@@ -35,7 +36,9 @@ use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
 use crate::hub::{Event, Sink};
 use crate::telemetry::{DeliverySampler, Transport};
-use crate::transport::direct::{self, Direct, Head, Heard, Kind, Life, Peer, Stop, Stream, Wire};
+use crate::transport::direct::{
+    self, Direct, Head, Heard, Kind, Life, Peer, Relayed, Stop, Stream, Wire,
+};
 use crate::transport::handoff::{FrameStream, Handoff, Takeover};
 use crate::transport::ws::{frame, plain};
 
@@ -66,9 +69,15 @@ pub async fn task_ws(
             delivery: DeliverySampler::new(state.metrics.clone(), Transport::WebSocket),
         };
         let upgrade = hyper::upgrade::on(&mut request);
+        // The session goes on in the request's span, as a handed-off stream does.
+        let span = tracing::Span::current();
         let run = async move {
             if let Ok(upgraded) = upgrade.await {
-                session.run(hyper_util::rt::TokioIo::new(upgraded)).await;
+                session
+                    .run(hyper_util::rt::TokioIo::new(upgraded))
+                    .instrument(span.clone())
+                    .await;
+                tracing::debug!(parent: &span, "stream ended");
             }
         };
         // Tracked by the server when it serves the connection (not in `oneshot` tests).
@@ -102,6 +111,7 @@ pub async fn task_ws(
         // After our close frame, wait briefly for the client's, so the closing handshake
         // completes before the server closes the connection (RFC 6455 §7.1.1).
         linger: Some(CLOSE_WAIT),
+        feed: Relayed,
     };
     let (handoff, body) = Handoff::new(Box::new(stream));
     let mut response = switching(accept, body);

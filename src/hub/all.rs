@@ -9,10 +9,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use bytes::Bytes;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 
-use super::event::{sse_frame, Event};
+use super::event::Event;
 use super::{Stats, TaskId};
 
 /// One event on the all-tasks stream.
@@ -22,8 +24,9 @@ pub struct AllEvent(Arc<AllEventInner>);
 struct AllEventInner {
     id: u64,
     event: Event,
-    /// Encoded on first use: a server without dashboards never pays for it.
-    sse: OnceLock<Bytes>,
+    /// The event under its id on this stream, built on first use: a server without
+    /// dashboards never pays for it.
+    on_stream: OnceLock<Event>,
 }
 
 impl AllEvent {
@@ -31,14 +34,18 @@ impl AllEvent {
         self.0.id
     }
 
+    /// The task's event, as its own stream numbers it.
     pub fn event(&self) -> &Event {
         &self.0.event
     }
 
-    pub fn sse_frame(&self) -> &Bytes {
+    /// The event as this stream writes it: the same change with this stream's id as its
+    /// SSE `id` and [`Event::seq`] ([`Event::renumbered`]), so that it is framed and
+    /// written like any task's event.
+    pub fn on_stream(&self) -> &Event {
         self.0
-            .sse
-            .get_or_init(|| sse_frame(self.0.id, self.0.event.kind(), self.0.event.json()))
+            .on_stream
+            .get_or_init(|| self.0.event.renumbered(self.0.id))
     }
 }
 
@@ -79,7 +86,7 @@ impl AllTasks {
         let all = AllEvent(Arc::new(AllEventInner {
             id: st.last_id,
             event: event.clone(),
-            sse: OnceLock::new(),
+            on_stream: OnceLock::new(),
         }));
         st.history.push_back(all.clone());
         while st.history.len() > self.history_len {
@@ -153,26 +160,55 @@ impl AllSubscription {
     /// all-tasks stream lives as long as the server.
     pub async fn next(&mut self) -> AllEvent {
         loop {
-            if let Some(event) = self.backlog.pop_front() {
-                if event.id() > self.last_id {
-                    self.last_id = event.id();
-                    return event;
-                }
-                continue;
+            if let Some(event) = self.try_next() {
+                return event;
             }
             match self.rx.recv().await {
-                Ok(event) if event.id() > self.last_id => {
-                    self.last_id = event.id();
-                    return event;
+                Ok(event) => {
+                    if let Some(event) = self.fresh(event) {
+                        return event;
+                    }
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => {
-                    self.stats.lag_resyncs.fetch_add(1, Ordering::Relaxed);
-                    self.backlog = resync(&self.all.lock(), self.last_id, true);
-                }
+                Err(RecvError::Lagged(_)) => self.resync(),
                 // The sender lives as long as the hub; this only happens while dropping it.
                 Err(RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
+    }
+
+    /// The next unseen event already at hand, without waiting.
+    pub fn try_next(&mut self) -> Option<AllEvent> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                if let Some(event) = self.fresh(event) {
+                    return Some(event);
+                }
+                continue;
+            }
+            match self.rx.try_recv() {
+                Ok(event) => {
+                    if let Some(event) = self.fresh(event) {
+                        return Some(event);
+                    }
+                }
+                Err(TryRecvError::Lagged(_)) => self.resync(),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// `event` if this subscriber has not had it yet.
+    fn fresh(&mut self, event: AllEvent) -> Option<AllEvent> {
+        if event.id() <= self.last_id {
+            return None;
+        }
+        self.last_id = event.id();
+        Some(event)
+    }
+
+    /// Fell behind the channel: the newest event of each task changed since.
+    fn resync(&mut self) {
+        self.stats.lag_resyncs.fetch_add(1, Ordering::Relaxed);
+        self.backlog = resync(&self.all.lock(), self.last_id, true);
     }
 }

@@ -81,17 +81,54 @@ impl Event {
         let kind = EventKind::for_status(snapshot.status);
         let json = snapshot.to_json(kind);
         let sse = sse_frame(snapshot.seq, kind, &json);
-        let start = sse.len() - json.len() - 2;
-        let json = sse.slice(start..start + json.len());
+        Event::framed(
+            snapshot.task_id.clone(),
+            snapshot.seq,
+            snapshot.status,
+            snapshot.created_at_ms,
+            (sse, json.len()),
+            Instant::now(),
+        )
+    }
+
+    /// The same change numbered `id` on a stream that numbers events its own way (the
+    /// all-tasks stream, `GET /api/events`): its SSE frame says `id: <id>` and its
+    /// [`Event::seq`] is `id`, so it is written like any event of a task's stream; its
+    /// JSON (which carries the task's own `seq`) and publication time are this one's.
+    pub fn renumbered(&self, id: u64) -> Event {
+        let sse = sse_frame(id, self.kind(), self.json());
+        Event::framed(
+            self.task_id().clone(),
+            id,
+            self.status(),
+            self.created_at_ms(),
+            (sse, self.json().len()),
+            self.published_at(),
+        )
+    }
+
+    /// An event around its SSE frame, whose `data:` line is its JSON of `json_len` bytes.
+    fn framed(
+        task_id: TaskId,
+        seq: u64,
+        status: Status,
+        created_at_ms: u64,
+        (sse, json_len): (Bytes, usize),
+        published_at: Instant,
+    ) -> Event {
+        let kind = EventKind::for_status(status);
+        // The frame ends with `data: <json>\n\n`.
+        let start = sse.len() - json_len - 2;
+        let json = sse.slice(start..start + json_len);
         Event(Arc::new(EventInner {
-            task_id: snapshot.task_id.clone(),
-            seq: snapshot.seq,
-            status: snapshot.status,
+            task_id,
+            seq,
+            status,
             kind,
-            created_at_ms: snapshot.created_at_ms,
+            created_at_ms,
             sse,
             json,
-            published_at: Instant::now(),
+            published_at,
             wire: Default::default(),
         }))
     }
@@ -182,6 +219,24 @@ mod tests {
             &frame[..],
             b"id: 7\nevent: completed\ndata: {\"a\":\"x\\ny\"}\n\n"
         );
+    }
+
+    #[test]
+    fn a_renumbered_event_says_its_new_id_and_keeps_the_snapshot() {
+        let mut snapshot = Snapshot::new(TaskId::parse("t").unwrap(), None, 3, 0);
+        snapshot.seq = 2;
+        let event = Event::encode(&snapshot);
+        let renumbered = event.renumbered(7_000_001);
+        assert_eq!(renumbered.seq(), 7_000_001);
+        assert_eq!(renumbered.json(), event.json());
+        assert_eq!(renumbered.published_at(), event.published_at());
+        let frame = std::str::from_utf8(renumbered.sse_frame()).unwrap();
+        let json = std::str::from_utf8(event.json()).unwrap();
+        assert_eq!(
+            frame,
+            format!("id: 7000001\nevent: progress\ndata: {json}\n\n")
+        );
+        assert!(json.contains(r#""seq":2"#), "{json}");
     }
 
     #[test]

@@ -774,7 +774,7 @@ async fn deliver_to_sinks(
 
 /// The most events a relay round hands each sink once it has added newer ones, and what
 /// a lagging relay's outbox keeps (see [`TaskState::publish`]): one write's worth
-/// ([`crate::server::handoff::MAX_BATCH`]).
+/// ([`crate::transport::handoff::MAX_BATCH`]).
 const CATCH_UP_MAX: usize = 16;
 
 /// Writes after which a relay gives up its core (`sched_yield`) to any thread waiting for

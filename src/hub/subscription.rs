@@ -24,8 +24,6 @@ pub struct Subscription {
     last_seq: u64,
     done: bool,
     stats: Arc<Stats>,
-    /// Held for its `Drop`: frees the subscriber's place in the limits.
-    _guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl Subscription {
@@ -43,13 +41,7 @@ impl Subscription {
             last_seq,
             done: false,
             stats,
-            _guard: None,
         }
-    }
-
-    /// Attaches something to drop when the subscription goes away.
-    pub fn hold(&mut self, guard: impl Send + Sync + 'static) {
-        self._guard = Some(Box::new(guard));
     }
 
     /// The next unseen event, or `None` after the terminal event. Cancel-safe: it can be

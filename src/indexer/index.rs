@@ -79,7 +79,6 @@ pub struct SearchIndex {
     index: Index,
     reader: IndexReader,
     fields: Fields,
-    dir: PathBuf,
 }
 
 /// What `GET /api/search` answers.
@@ -157,21 +156,6 @@ impl SearchIndex {
         Self::wrap(index, dir)
     }
 
-    /// Opens the index in `dir` if one exists there; never creates anything.
-    pub fn open_existing(dir: &Path) -> Result<Option<SearchIndex>, IndexError> {
-        if !dir.join("meta.json").is_file() {
-            return Ok(None);
-        }
-        let index = MmapDirectory::open(dir)
-            .map_err(tantivy::TantivyError::from)
-            .and_then(Index::open)
-            .map_err(|source| IndexError::Open {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-        Self::wrap(index, dir).map(Some)
-    }
-
     fn wrap(index: Index, dir: &Path) -> Result<SearchIndex, IndexError> {
         let (expected, fields) = schema();
         if index.schema() != expected {
@@ -201,12 +185,7 @@ impl SearchIndex {
             index,
             reader,
             fields,
-            dir: dir.to_path_buf(),
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// A writer with `threads` indexing threads. Only one can exist per index: it holds

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use memory::MemoryStore;
-pub use sqlite::{SqliteStore, WriteStats, FILE_NAME as SQLITE_FILE_NAME};
+pub use sqlite::{SqliteStore, FILE_NAME as SQLITE_FILE_NAME};
 
 use crate::hub::{Event, TaskId};
 pub use crate::telemetry::StoreMetrics;

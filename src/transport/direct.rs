@@ -7,8 +7,8 @@
 //! non-blocking `writev`, and the stream's own task stays asleep: it only keeps the
 //! heartbeat and the stream's life, answers what the client sends, and notices the server
 //! stopping or the client leaving. Per delivered event that saves the wake-up, the
-//! scheduling and the polling of a task, about a third of the server's CPU per event with
-//! 10,000 subscribers (BENCHMARKS.md, item 12).
+//! scheduling and the polling of a task, a large share of the server's CPU per event with
+//! many subscribers (docs/design/relay-direct-writers.md).
 //!
 //! When the socket cannot take an event at once, the event is queued and the task woken
 //! to write it as the socket drains. While anything is queued (or the task is writing),
@@ -18,7 +18,9 @@
 //! newest of all, is never the one dropped.
 //!
 //! What differs between SSE and WebSocket is only the framing ([`Wire`]) and what the
-//! client may say ([`Peer`]).
+//! client may say ([`Peer`]). The all-tasks SSE stream (`GET /api/events`) joins no task,
+//! so no relay writes it: its own task pulls its events from a [`Feed`] and hands them to
+//! the same writer, which frames and writes them as it does a task's.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -192,12 +194,30 @@ enum Ended {
     Gone,
 }
 
+/// Where a stream's events come from when no task's relay delivers them: the all-tasks
+/// stream's own channel. The stream's task pulls them and writes them like the relay
+/// does ([`Sink::deliver`]).
+pub trait Feed: Send + 'static {
+    /// Waits for the next events and returns them with the others already at hand (at
+    /// most [`MAX_BATCH`]), oldest first. Cancel-safe.
+    fn next(&mut self) -> impl Future<Output = Vec<Event>> + Send;
+}
+
+/// A task's stream: its task's relay delivers the events ([`Sink`]); nothing to pull.
+pub struct Relayed;
+
+impl Feed for Relayed {
+    fn next(&mut self) -> impl Future<Output = Vec<Event>> + Send {
+        std::future::pending()
+    }
+}
+
 /// A stream once the server has taken its socket over from hyper. It owns all it needs
 /// in one future, which every idle subscriber keeps: nothing is held twice.
-pub struct Stream<W: Wire, P> {
+pub struct Stream<W: Wire, P, F = Relayed> {
     pub direct: Arc<Direct<W>>,
     /// Held for its `Drop`: the stream's place among its task's sinks (`None` if the
-    /// task had ended), left when the stream ends.
+    /// task had ended, or for the all-tasks stream), left when the stream ends.
     pub _attached: Option<Attached>,
     pub life: Life,
     /// Written before anything else.
@@ -206,9 +226,10 @@ pub struct Stream<W: Wire, P> {
     /// How long to wait for the client's answer once the stream's end is out (a
     /// WebSocket's closing handshake); `None`: not at all.
     pub linger: Option<Duration>,
+    pub feed: F,
 }
 
-impl<W: Wire, P: Peer<W>> Stream<W, P> {
+impl<W: Wire, P: Peer<W>, F: Feed> Stream<W, P, F> {
     /// Runs the stream on `socket` until it ends: terminal event, the stream's maximum
     /// life, server shutdown, or the client leaving or closing.
     pub async fn run(mut self, socket: TcpStream) {
@@ -238,6 +259,14 @@ impl<W: Wire, P: Peer<W>> Stream<W, P> {
                     Flushed::Ended => break Ended::Finished,
                     Flushed::Failed => break Ended::Gone,
                 },
+                // After the wake-up: a feed is pulled only once what it gave before is
+                // written (`flush` above returns when the queue is empty), so a slow
+                // client makes the feed wait, and fall behind its own channel, rather
+                // than the queue grow.
+                events = self.feed.next() => {
+                    direct.deliver(&events);
+                    continue;
+                }
                 _ = life.timer.as_mut() => {
                     let now = Instant::now();
                     let due = direct.lock().last_write + life.heartbeat;
@@ -307,6 +336,11 @@ pub struct Direct<W> {
     send_timeout: Duration,
     /// Wakes the stream's task: something is queued, or the relay stopped writing.
     wake: Notify,
+    /// The stream follows one task: its terminal event ends the stream, and a queue that
+    /// overflows skips to the newest event (the task's state is cumulative). Neither
+    /// holds for the all-tasks stream, whose [`Feed`] waits for the queue to empty and
+    /// skips ahead on its own channel (`crate::hub::AllSubscription`).
+    one_task: bool,
     state: Mutex<State>,
     wire: PhantomData<fn() -> W>,
 }
@@ -366,13 +400,24 @@ enum Flushed {
 }
 
 impl<W: Wire> Direct<W> {
+    /// The writer of one task's stream.
     pub fn new(state: &AppState, transport: Transport) -> Direct<W> {
+        Direct::with(state, transport, true)
+    }
+
+    /// The writer of the all-tasks stream (`GET /api/events`), fed by its [`Feed`].
+    pub fn all_tasks(state: &AppState) -> Direct<W> {
+        Direct::with(state, Transport::AllEvents, false)
+    }
+
+    fn with(state: &AppState, transport: Transport, one_task: bool) -> Direct<W> {
         Direct {
             socket: OnceLock::new(),
             stats: state.hub.stats_handle(),
             buffer: (state.config.subscriber_buffer as usize).max(1),
             send_timeout: state.config.send_timeout(),
             wake: Notify::new(),
+            one_task,
             state: Mutex::new(State {
                 last_seq: 0,
                 queue: VecDeque::new(),
@@ -448,24 +493,29 @@ impl<W: Wire> Direct<W> {
         st.idle = false;
     }
 
+    /// Whether `event` ends the stream: the terminal event of a task's stream.
+    fn ends(&self, event: &Event) -> bool {
+        self.one_task && event.is_terminal()
+    }
+
     /// Queues `events` for the stream's task (with `st` locked).
     fn enqueue(&self, st: &mut State, events: &[Event]) {
         st.idle = false;
-        if st.queue.len() + events.len() > self.buffer {
+        if self.one_task && st.queue.len() + events.len() > self.buffer {
             st.queue.clear();
             self.stats.lag_resyncs.fetch_add(1, Ordering::Relaxed);
             st.queue.extend(events.last().cloned().map(Queued::Event));
         } else {
             st.queue.extend(events.iter().cloned().map(Queued::Event));
         }
-        st.ending |= events.last().is_some_and(Event::is_terminal);
+        st.ending |= events.last().is_some_and(|event| self.ends(event));
         self.wake.notify_one();
     }
 
     /// Writes `frames`, then `end`, waiting for the socket as needed.
     async fn write_frames(&self, frames: &[Queued], end: &[u8]) -> io::Result<()> {
         // Heap, not stack: whatever lives across an `await` here is part of every idle
-        // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
+        // stream's task (docs/design/handoff.md#keeping-it-small).
         let mut heads: Box<[Head; MAX_BATCH]> = Box::new([[0; 20]; MAX_BATCH]);
         let mut parts = frame_slices::<W>(frames, &mut heads, end);
         handoff::write_all(self.socket(), &mut parts, self.send_timeout).await
@@ -571,7 +621,7 @@ impl<W: Wire> Sink for Direct<W> {
         if let Some(newest) = backlog.back() {
             st.last_seq = newest.seq();
         }
-        st.ending |= !live || backlog.back().is_some_and(Event::is_terminal);
+        st.ending |= !live || backlog.back().is_some_and(|event| self.ends(event));
         st.queue.extend(backlog.into_iter().map(Queued::Event));
         st.idle = false;
         self.wake.notify_one();
@@ -592,7 +642,7 @@ impl<W: Wire> Sink for Direct<W> {
             Some(socket) if st.idle && fresh.len() <= MAX_BATCH => socket,
             _ => return self.enqueue(&mut st, fresh),
         };
-        let ends = newest.is_terminal();
+        let ends = self.ends(newest);
         // One slice per event, framed once per event for every subscriber, and no
         // allocation: this runs per subscriber per event.
         let mut slots = [IoSlice::new(&[]); MAX_BATCH + 1];

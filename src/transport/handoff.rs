@@ -2,14 +2,14 @@
 //!
 //! hyper keeps its connection state and two 8 KiB buffers (one to read, one for response
 //! heads) for as long as a connection lives. For an SSE stream that stays open for hours
-//! that is most of its memory (profiled: ~12.5 KB of RSS per idle subscriber), while the
-//! stream itself needs only its socket and its frame source. So an SSE response to an
+//! that is most of its memory (docs/design/handoff.md), while the stream itself needs
+//! only its socket and its frame source. So an SSE response to an
 //! HTTP/1.1 `GET` is handed off: hyper writes the status line and headers as usual (every
 //! middleware still applies to them), and once they are flushed the connection task drops
-//! hyper's state and [`write_stream`] carries on with the same chunked encoding on the bare
-//! socket. The response says `Connection: close`, as the socket ends with the stream.
-//! A WebSocket's `101` is handed off the same way, and its writer speaks WebSocket frames
-//! from there (`crate::api::ws`).
+//! hyper's state and the stream's writer ([`crate::transport::direct`]) carries on with
+//! the same chunked encoding on the bare socket. The response says `Connection: close`,
+//! as the socket ends with the stream. A WebSocket's `101` is handed off the same way,
+//! and its writer speaks WebSocket frames from there (`crate::api::ws`).
 //!
 //! Anything else takes the ordinary path, with the same bytes on the wire: tests that drive
 //! the router without a socket, HTTP/1.0 or `HEAD` requests stream the body through hyper.
@@ -26,11 +26,12 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Response, StatusCode, Version};
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span};
 
 /// Ready-to-send frames of one stream, ending when the stream should end.
 pub type FrameStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
@@ -41,19 +42,31 @@ pub trait Takeover: Send + 'static {
     fn into_frames(self: Box<Self>) -> FrameStream;
 
     /// Writes the rest of the body on the bare socket (for an SSE stream: as HTTP/1.1
-    /// chunks, [`write_stream`]) until it ends; then ends the body and closes the socket.
+    /// chunks) until it ends; then ends the body and closes the socket.
     fn write(self: Box<Self>, socket: TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// Rides in a streaming response's extensions; the response body holds the same frames
 /// and streams them itself unless the server took them first.
 #[derive(Clone)]
-pub struct Handoff(Arc<Mutex<Option<Box<dyn Takeover>>>>);
+pub struct Handoff(Arc<Mutex<Option<Taken>>>);
+
+/// A stream to take over: its body, and the span of the request that opened it (see
+/// [`crate::telemetry`]), which its writer carries on.
+pub struct Taken {
+    body: Box<dyn Takeover>,
+    span: Span,
+}
 
 impl Handoff {
     /// A response body for `body` and the hand-off that lets the server take it over.
+    /// Called by the handler, inside the request's span.
     pub fn new(body: Box<dyn Takeover>) -> (Handoff, Body) {
-        let handoff = Handoff(Arc::new(Mutex::new(Some(body))));
+        let stream = Taken {
+            body,
+            span: Span::current(),
+        };
+        let handoff = Handoff(Arc::new(Mutex::new(Some(stream))));
         let body = Body::from_stream(Fallback {
             handoff: handoff.clone(),
             frames: None,
@@ -61,7 +74,7 @@ impl Handoff {
         (handoff, body)
     }
 
-    fn take(&self) -> Option<Box<dyn Takeover>> {
+    fn take(&self) -> Option<Taken> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -77,7 +90,7 @@ impl Stream for Fallback {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.frames.is_none() {
-            self.frames = self.handoff.take().map(Takeover::into_frames);
+            self.frames = self.handoff.take().map(|stream| stream.body.into_frames());
         }
         match self.frames.as_mut() {
             Some(frames) => frames.poll_next_unpin(cx).map(|frame| frame.map(Ok)),
@@ -90,8 +103,9 @@ impl Stream for Fallback {
 /// its task.
 #[derive(Default)]
 pub struct Connection {
-    /// The body taken from the response being written, waiting for its head to be flushed.
-    armed: Mutex<Option<Box<dyn Takeover>>>,
+    /// The stream taken from the response being written, waiting for its head to be
+    /// flushed.
+    armed: Mutex<Option<Taken>>,
     /// Signalled once the armed response's head is on the wire.
     flushed: Notify,
     /// Where the socket wrapper leaves the socket when hyper drops it after a hand-off.
@@ -110,10 +124,10 @@ impl Connection {
         if version != Version::HTTP_11 || method != Method::GET {
             return;
         }
-        let Some(body) = handoff.take() else {
+        let Some(stream) = handoff.take() else {
             return;
         };
-        *lock(&self.armed) = Some(body);
+        *lock(&self.armed) = Some(stream);
         // A stream ends its socket; a `101` (WebSocket) keeps its `Connection: upgrade`.
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             response
@@ -129,11 +143,11 @@ impl Connection {
         self.flushed.notified().await;
     }
 
-    /// After hyper's connection was dropped: the socket and the body to go on with.
-    pub fn take(&self) -> Option<(TcpStream, Box<dyn Takeover>)> {
-        let body = lock(&self.armed).take()?;
+    /// After hyper's connection was dropped: the socket and the stream to go on with.
+    pub fn take(&self) -> Option<(TcpStream, Taken)> {
+        let stream = lock(&self.armed).take()?;
         let socket = lock(&self.socket).take()?;
-        Some((socket, body))
+        Some((socket, stream))
     }
 
     fn is_armed(&self) -> bool {
@@ -269,27 +283,51 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// Starts writing `body` ([`Takeover::write`]) on `runtime` (the current one if `None`),
-/// tracked by `tracker` so shutdown waits for it; `guard` is dropped when the stream
-/// ends. The socket moves to that runtime's reactor with it.
+/// Starts writing `stream` ([`Takeover::write`]) on `runtime` (the current one if
+/// `None`), tracked by `tracker` so shutdown waits for it; `guard` is dropped when the
+/// stream ends. The socket moves to that runtime's reactor with it.
 pub fn spawn_writer(
     socket: TcpStream,
-    body: Box<dyn Takeover>,
+    stream: Taken,
     guard: impl Send + 'static,
     runtime: Option<&tokio::runtime::Handle>,
     tracker: &TaskTracker,
 ) {
-    let Some(runtime) = runtime else {
-        tracker.spawn(async move {
+    let Taken { body, span } = stream;
+    if span.is_disabled() {
+        // Not traced at this level: the writer, which every idle stream keeps, does not
+        // carry the span.
+        drop(span);
+        spawn_on(runtime, tracker, socket, move |socket| async move {
             body.write(socket).await;
             drop(guard);
         });
         return;
-    };
-    spawn_moved(runtime, tracker, socket, |socket| async move {
-        body.write(socket).await;
+    }
+    spawn_on(runtime, tracker, socket, move |socket| async move {
+        body.write(socket).instrument(span.clone()).await;
+        tracing::debug!(parent: &span, "stream ended");
         drop(guard);
     });
+}
+
+/// Runs `serve` with `socket` on `runtime` ([`spawn_moved`]), or on the current runtime
+/// if `None`, tracked by `tracker`.
+fn spawn_on<F, Fut>(
+    runtime: Option<&tokio::runtime::Handle>,
+    tracker: &TaskTracker,
+    socket: TcpStream,
+    serve: F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match runtime {
+        Some(runtime) => spawn_moved(runtime, tracker, socket, serve),
+        None => {
+            tracker.spawn(serve(socket));
+        }
+    }
 }
 
 /// Runs `serve` with `socket` on `runtime`, tracked by `tracker`: the socket leaves the
@@ -317,57 +355,6 @@ pub fn spawn_moved<F, Fut>(
 /// queued goes out together, as hyper would have flushed it.
 pub const MAX_BATCH: usize = 16;
 
-/// Writes a handed-off stream's frames as HTTP/1.1 chunks until it ends (terminal event,
-/// server shutdown) or the client goes away, then ends the body and closes the socket.
-pub async fn write_stream(mut socket: TcpStream, mut frames: FrameStream, send_timeout: Duration) {
-    let mut batch: Vec<Bytes> = Vec::new();
-    loop {
-        let mut ended = false;
-        tokio::select! {
-            biased;
-            () = next_batch(&mut frames, &mut batch, &mut ended) => {
-                if write_chunks(&socket, &batch, ended, send_timeout).await.is_err() || ended {
-                    let _ = socket.shutdown().await;
-                    return;
-                }
-                batch.clear();
-            }
-            // A client of an event stream has nothing more to send: readable means it
-            // closed the connection (or sent junk, which is read and ignored). The
-            // socket's own reader slot holds the waker: unlike `readable()`, re-arming it
-            // after every batch adds no waiter to a list and removes none.
-            readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => {
-                if readable.is_err() || client_closed(&socket) {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Waits for at least one frame (or the end), then takes every frame already waiting.
-/// Cancel-safe: frames are moved into `batch` as soon as they are taken.
-async fn next_batch(frames: &mut FrameStream, batch: &mut Vec<Bytes>, ended: &mut bool) {
-    std::future::poll_fn(|cx| {
-        while batch.len() < MAX_BATCH {
-            match frames.poll_next_unpin(cx) {
-                Poll::Ready(Some(frame)) => batch.push(frame),
-                Poll::Ready(None) => {
-                    *ended = true;
-                    break;
-                }
-                Poll::Pending => break,
-            }
-        }
-        if batch.is_empty() && !*ended {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await
-}
-
 /// Whether the client of a stream has closed its side (what it sent otherwise is read and
 /// ignored: a client of an event stream has nothing to say).
 pub fn client_closed(socket: &TcpStream) -> bool {
@@ -377,30 +364,6 @@ pub fn client_closed(socket: &TcpStream) -> bool {
         Ok(_) => false,
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     }
-}
-
-/// Size lines of up to [`MAX_BATCH`] chunks (`<hex length>\r\n`).
-pub type SizeLines = [[u8; 20]; MAX_BATCH];
-
-/// Each of `frames` as one chunk (`<hex length>\r\n<frame>\r\n`), then the last chunk
-/// if `ended`, as the slices of one `writev`. At most [`MAX_BATCH`] frames are taken.
-pub fn chunk_slices<'a>(
-    frames: impl IntoIterator<Item = &'a [u8]>,
-    lines: &'a mut SizeLines,
-    ended: bool,
-) -> Vec<IoSlice<'a>> {
-    let mut parts = Vec::with_capacity(MAX_BATCH * 3 + 1);
-    for (frame, line) in frames.into_iter().zip(lines.iter_mut()) {
-        let len = size_line(frame.len(), line);
-        let line: &'a [u8; 20] = line;
-        parts.push(IoSlice::new(&line[..len]));
-        parts.push(IoSlice::new(frame));
-        parts.push(IoSlice::new(b"\r\n"));
-    }
-    if ended {
-        parts.push(IoSlice::new(LAST_CHUNK));
-    }
-    parts
 }
 
 /// Writes the size line of a chunk of `len` bytes (`<hex length>\r\n`) into `line`;
@@ -415,21 +378,6 @@ pub fn size_line(len: usize, line: &mut [u8; 20]) -> usize {
 /// The chunk that ends a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Each frame as one chunk, then the last chunk if the stream `ended`, all in one
-/// `writev` when the socket takes it.
-pub async fn write_chunks(
-    socket: &TcpStream,
-    frames: &[Bytes],
-    ended: bool,
-    send_timeout: Duration,
-) -> io::Result<()> {
-    // Heap, not stack: whatever lives across an `await` here is part of every idle
-    // stream's task (a 49-slice array there cost 720 B of RSS per subscriber).
-    let mut lines: Box<SizeLines> = Box::new([[0; 20]; MAX_BATCH]);
-    let mut parts = chunk_slices(frames.iter().map(|f| &f[..]), &mut lines, ended);
-    write_all(socket, &mut parts, send_timeout).await
-}
-
 /// Writes every slice, waiting in the socket's writer slot whenever it is full.
 pub async fn write_all(
     socket: &TcpStream,
@@ -443,7 +391,8 @@ pub async fn write_all(
             // The socket is full: the client is not reading. Give it `send_timeout` to
             // take anything at all (the timer starts only here, not per write).
             // Boxed: this future is part of every stream's task, and a timer inline
-            // would cost every idle stream its size (about 250 B of RSS each).
+            // would cost every idle stream its size
+            // (docs/design/handoff.md#keeping-it-small).
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let ready = std::future::poll_fn(|cx| socket.poll_write_ready(cx));
                 Box::pin(tokio::time::timeout(send_timeout, ready))

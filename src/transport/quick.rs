@@ -2,10 +2,10 @@
 //! on the bare socket, before hyper and the router see the connection.
 //!
 //! A poll is a `GET` with a handful of headers whose answer is a snapshot already encoded
-//! as JSON. Through hyper, the router and the extractors it cost about 8.5 µs of CPU
-//! (profiled with `perf`: routing, header maps, boxed futures and a timer per request),
-//! against nginx's 5.2 µs for the same bytes from memory. Here a connection starts in a
-//! small loop that parses request heads with `httparse` (what hyper itself uses), asks the
+//! as JSON. Through hyper, the router and the extractors it cost far more CPU than nginx
+//! serving the same bytes from memory, spread over routing, header maps, boxed futures
+//! and a timer per request (the profile and what the lane bought:
+//! docs/design/quick-lane.md). Here a connection starts in a small loop that parses request heads with `httparse` (what hyper itself uses), asks the
 //! [`Quick`] routes for an answer, and writes it with one `send`.
 //!
 //! The lane answers only what it fully understands: an HTTP/1.1 `GET` without a body, a
@@ -543,7 +543,8 @@ mod size {
 
     /// Every connection's task is sized for the lane's largest state, and memory freed
     /// after many connections at once stays with the process: a 4 KiB array held across an
-    /// `await` here cost idle SSE subscribers about 280 B of RSS each.
+    /// `await` here made every idle SSE subscriber heavier
+    /// (docs/design/handoff.md#keeping-it-small).
     #[tokio::test]
     async fn the_lanes_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

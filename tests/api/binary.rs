@@ -1,5 +1,5 @@
-//! The installed binary: the ready line, a clean exit on SIGTERM, and the refusal to
-//! serve a non-loopback address without a token.
+//! The installed binary: the ready line, a clean exit on SIGTERM, the refusal to serve a
+//! non-loopback address without a token, and the request log at `RUST_LOG=debug`.
 
 use std::process::Stdio;
 
@@ -149,5 +149,111 @@ async fn durations_near_u64_max_are_refused_at_start_not_panicked_on() {
         assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
         assert!(stderr.contains(flag), "{flag}: {stderr}");
         assert!(!stderr.contains("panicked"), "{flag}: {stderr}");
+    }
+}
+
+/// Runs the binary with `RUST_LOG=progress_hub=debug` and `args`, lets `client` talk to
+/// it, stops it with SIGTERM and returns what it logged.
+async fn debug_log<F, Fut>(args: &[&str], client: F) -> String
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let data = tempfile::tempdir().unwrap();
+    let mut child = binary()
+        .env("RUST_LOG", "progress_hub=debug")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .args(args)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = within(BufReader::new(stdout).lines().next_line())
+        .await
+        .unwrap()
+        .expect("a ready line");
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_string();
+    client(format!("http://{addr}")).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await;
+    assert!(killed.unwrap().success());
+    let output = within(child.wait_with_output()).await.unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The log line of a request's event: its span's fields and the event's message.
+fn logged(log: &str, fields: &[&str], message: &str) -> bool {
+    log.lines().any(|line| {
+        line.contains("request{")
+            && fields.iter().all(|field| line.contains(field))
+            && line.trim_end().ends_with(message)
+    })
+}
+
+#[tokio::test]
+async fn every_request_is_traced_on_every_path_at_debug() {
+    for fast_paths in ["on", "off"] {
+        let log = debug_log(&["--fast-paths", fast_paths], |base| async move {
+            let client = reqwest::Client::new();
+            let created = client
+                .post(format!("{base}/api/tasks"))
+                .json(&serde_json::json!({"id": "traced"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(created.status(), 201);
+            // A plain poll on a new connection: with the fast paths on, the quick lane
+            // answers it (a connection hyper has served stays hyper's).
+            let poll = reqwest::Client::new()
+                .get(format!("{base}/api/index-progress/traced"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(poll.status(), 200);
+            // A stream, handed off from hyper with the fast paths on, until its end.
+            let stream = client
+                .get(format!("{base}/api/index-progress/traced/events"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(stream.status(), 200);
+            let completed = client
+                .post(format!("{base}/api/tasks/traced/complete"))
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(completed.status(), 200);
+            let body = within(stream.text()).await.unwrap();
+            assert!(body.contains("event: completed"), "{body}");
+        })
+        .await;
+        let poll = [
+            "method=GET",
+            "route=/api/index-progress/{task_id}",
+            "task_id=traced",
+            "status=200",
+        ];
+        let lane = if fast_paths == "on" {
+            "answered by the quick lane"
+        } else {
+            "answered"
+        };
+        assert!(logged(&log, &poll, lane), "fast paths {fast_paths}:\n{log}");
+        let create = ["method=POST", "route=/api/tasks ", "status=201"];
+        assert!(logged(&log, &create, "answered"), "{log}");
+        let events = [
+            "route=/api/index-progress/{task_id}/events",
+            "task_id=traced",
+            "status=200",
+        ];
+        assert!(logged(&log, &events, "answered"), "{log}");
+        if fast_paths == "on" {
+            assert!(logged(&log, &events, "stream ended"), "{log}");
+        }
     }
 }

@@ -51,9 +51,22 @@ async fn every_documented_operation_is_routed_and_answers_a_documented_status() 
                 Value::Null // a stream, a page: not read
             };
             assert!(
-                !(status == 404 && body == json!({"error": "Not found"})) && status != 405,
+                !(status == 404 && body["code"] == "not_found") && status != 405,
                 "{method} {template} is documented but not routed ({status} {body})"
             );
+            if status >= 400 && body != Value::Null {
+                // The `Error` schema's required fields, strings.
+                for field in document["components"]["schemas"]["Error"]["required"]
+                    .as_array()
+                    .unwrap()
+                {
+                    let field = field.as_str().unwrap();
+                    assert!(
+                        body[field].is_string(),
+                        "{method} {template}: {status} {body} lacks {field}"
+                    );
+                }
+            }
             let documented = &operation["responses"];
             assert!(
                 documented.get(status.to_string()).is_some(),

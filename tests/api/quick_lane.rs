@@ -11,7 +11,8 @@ use progress_hub::config::Switch;
 
 use crate::helpers::{spawn_app, spawn_app_with, within};
 use crate::raw::{
-    closed_by_server, connect, parse_response, read_one, read_to_close, send, RawResponse,
+    closed_by_server, connect, metric, parse_response, read_one, read_to_close, send,
+    wait_for_metric, RawResponse,
 };
 
 /// The headers that must match between two answers: all but `date`.
@@ -292,7 +293,9 @@ async fn clients_that_never_read_their_answers_are_cut_off_after_the_send_timeou
     const REQUESTS: usize = 20_000;
     let app = spawn_app_with(|c| c.send_timeout_secs = 1).await;
     app.create_task("unread", 4).await;
+    const OPEN: &str = "progress_hub_http_connections";
     for path in ["/api/index-progress/unread", "/api/tasks/unread"] {
+        let before = metric(&app, OPEN).await;
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let stream = within(socket.connect(app.addr)).await.unwrap();
@@ -303,7 +306,11 @@ async fn clients_that_never_read_their_answers_are_cut_off_after_the_send_timeou
             let _ = writer.write_all(request.as_bytes()).await;
             writer
         });
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Read nothing until the server has given up on the connection, however long a
+        // busy machine takes it to fill the buffers (a fixed wait let a slow server
+        // answer everything before the client read at last).
+        wait_for_metric(&app, OPEN, |n| n > before).await;
+        wait_for_metric(&app, OPEN, |n| n <= before).await;
         let mut raw = Vec::new();
         // Bounded by the test timeout: the server must end the connection.
         let _ = within(reader.read_to_end(&mut raw)).await;

@@ -1,5 +1,5 @@
 //! Event streams that the server takes over from hyper once their headers are out
-//! (`src/server/handoff.rs`): the bytes on the wire must be a correct chunked HTTP/1.1
+//! (`src/transport/handoff.rs`): the bytes on the wire must be a correct chunked HTTP/1.1
 //! response that ends after the terminal event, on shutdown, and for HTTP/1.0 clients
 //! that take the ordinary path. Reads raw sockets, since the point is the exact framing.
 
