@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::auth::Lister;
 use super::error::ApiError;
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, FastPaths};
 use super::limits::SubscriberGuard;
 use super::read_token::ReadableTask;
 use super::AppState;
@@ -57,28 +57,36 @@ pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
 
 pub async fn task_events(
     State(state): State<AppState>,
+    FastPaths(fast): FastPaths,
     ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::Sse, Some(&id))?;
-    if !state.config.fast_paths() {
+    if !fast {
         // Through hyper only: the hub's channel, no sink for the relay.
         return match state.hub.subscribe(&id, last)? {
             None => Ok(StatusCode::NO_CONTENT.into_response()),
-            Some(subscription) => Ok(event_stream(subscription, place, Transport::Sse, &state)),
+            Some(subscription) => Ok(event_stream(
+                subscription,
+                place,
+                Transport::Sse,
+                &state,
+                fast,
+            )),
         };
     }
     match DirectSource::subscribe(&state, &id, last)? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
-        Some(source) => Ok(event_stream(source, place, Transport::Sse, &state)),
+        Some(source) => Ok(event_stream(source, place, Transport::Sse, &state, fast)),
     }
 }
 
 pub async fn all_events(
     _: Lister,
     State(state): State<AppState>,
+    FastPaths(fast): FastPaths,
     ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -90,6 +98,7 @@ pub async fn all_events(
         place,
         Transport::AllEvents,
         &state,
+        fast,
     ))
 }
 
@@ -172,6 +181,8 @@ fn event_stream<S: FrameSource>(
     place: SubscriberGuard,
     transport: Transport,
     state: &AppState,
+    // Whether the server may take the stream over from hyper ([`FastPaths`]).
+    handoff: bool,
 ) -> Response {
     let st = StreamState {
         source,
@@ -191,7 +202,7 @@ fn event_stream<S: FrameSource>(
             HeaderValue::from_static("no"),
         ),
     ];
-    if !state.config.fast_paths() {
+    if !handoff {
         let body = Body::from_stream(frames(st).map(Ok::<_, Infallible>));
         return (headers, body).into_response();
     }
