@@ -76,10 +76,13 @@ pub async fn serve(
         // the poll route: docs/design/quick-lane.md). Event streams leave hyper after their head.
         .writev(false);
     let connections = TaskTracker::new();
-    let https = options
-        .tls
-        .as_ref()
-        .map(|_| tls::connection::builder(options.header_timeout, connections.clone()));
+    let https = options.tls.as_ref().map(|_| {
+        tls::connection::builder(
+            options.header_timeout,
+            options.send_timeout,
+            connections.clone(),
+        )
+    });
     let runtimes = &options.connection_runtimes;
     let mut turn = 0usize;
     loop {

@@ -46,7 +46,16 @@ const MAX_SEND_BUFFER: usize = 64 * 1024;
 /// hyper's server for HTTPS connections, built once: HTTP/1.1 with the same settings as
 /// plaintext connections (`crate::server`), and HTTP/2. Tasks hyper spawns per HTTP/2
 /// stream are tracked with the connections, so shutdown waits for them too.
-pub fn builder(header_timeout: Duration, tracker: TaskTracker) -> auto::Builder<Tracked> {
+///
+/// On HTTP/2 a reader that stopped for good may never fill the socket (flow control
+/// stops the server's writes first), so the send timeout alone would not find it: after
+/// `send_timeout` without hearing from the client the server pings it, and closes the
+/// connection when no answer comes within `send_timeout`.
+pub fn builder(
+    header_timeout: Duration,
+    send_timeout: Duration,
+    tracker: TaskTracker,
+) -> auto::Builder<Tracked> {
     let mut builder = auto::Builder::new(Tracked(tracker));
     builder
         .http1()
@@ -58,7 +67,9 @@ pub fn builder(header_timeout: Duration, tracker: TaskTracker) -> auto::Builder<
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_send_buf_size(MAX_SEND_BUFFER);
+        .max_send_buf_size(MAX_SEND_BUFFER)
+        .keep_alive_interval(send_timeout)
+        .keep_alive_timeout(send_timeout);
     builder
 }
 

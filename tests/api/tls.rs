@@ -23,6 +23,7 @@ use crate::helpers::{spawn_app_with, within, SseClient, TestApp, TIMEOUT};
 use crate::raw::{closed_by_server, connect as tcp_connect, parse_prometheus};
 
 const HTTP_CONNECTIONS: &str = "progress_hub_http_connections";
+const SSE_OPEN: &str = "progress_hub_connections{transport=\"sse\"}";
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`.
 struct Cert {
@@ -120,6 +121,15 @@ async fn tls_connect(
     roots: &[&CertificateDer<'static>],
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_over(tcp_connect(addr).await, roots, alpn).await
+}
+
+/// TLS on a connected socket, trusting `roots`, offering only `alpn`.
+async fn tls_over(
+    tcp: TcpStream,
+    roots: &[&CertificateDer<'static>],
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add((*root).clone()).unwrap();
@@ -132,7 +142,6 @@ async fn tls_connect(
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tcp_connect(addr).await;
     let name = ServerName::try_from("127.0.0.1").unwrap();
     within(connector.connect(name, tcp))
         .await
@@ -298,6 +307,159 @@ async fn http2_streams_per_connection_are_bounded() {
             .await,
         max as f64
     );
+}
+
+#[tokio::test]
+async fn subscriber_limits_hold_over_http2_and_a_reset_stream_frees_its_place() {
+    let https = spawn_https_with(|config| config.max_subscribers_per_task = 2).await;
+    let client = https.client(false);
+    let created = https
+        .post(&client, "/api/tasks", json!({"id": "busy", "total": 10}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let url = https.url("/api/index-progress/busy/events");
+    let first = within(client.get(&url).send()).await.unwrap();
+    let second = within(client.get(&url).send()).await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = within(client.get(&url).send()).await.unwrap();
+    assert_eq!(third.version(), Version::HTTP_2);
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    let body: Value = third.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Too many subscribers")),
+        "{body}"
+    );
+
+    // Dropping a response resets its HTTP/2 stream (the connection stays): its place is
+    // freed at once, not at the next heartbeat.
+    drop(first);
+    within(async {
+        while https.metric(&client, SSE_OPEN).await != 1.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let again = within(client.get(&url).send()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(https.metric(&client, HTTP_CONNECTIONS).await, 1.0);
+}
+
+/// An HTTP/2 request for `path`, as frames: the connection preface, empty SETTINGS (so
+/// the client's windows stay at 64 KiB and are never widened), and one HEADERS frame
+/// (HPACK literals, no Huffman) that ends the request.
+fn http2_get(path: &str, authority: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":path", path),
+        (":authority", authority),
+    ] {
+        // Literal header field without indexing, new name (RFC 7541 §6.2.2).
+        block.push(0);
+        for text in [name, value] {
+            assert!(text.len() < 127);
+            block.push(text.len() as u8);
+            block.extend_from_slice(text.as_bytes());
+        }
+    }
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frames.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    let len = block.len() as u32;
+    frames.extend_from_slice(&len.to_be_bytes()[1..]);
+    // HEADERS, END_STREAM | END_HEADERS, stream 1.
+    frames.extend_from_slice(&[0x1, 0x5, 0, 0, 0, 1]);
+    frames.extend_from_slice(&block);
+    frames
+}
+
+/// Readers that stop for good, over TLS: one on HTTP/1.1 behind a 4 KiB receive buffer
+/// (its socket fills: the send timeout), one on HTTP/2 that never reads again (flow
+/// control stops the server's writes before its socket fills: an unanswered ping).
+/// Both connections are closed and their places freed, while the task goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_stop_for_good_are_cut_off_over_tls() {
+    let https = spawn_https_with(|config| {
+        config.send_timeout_secs = 1;
+        config.subscriber_buffer = 16;
+    })
+    .await;
+    let client = https.client(false);
+    let created = https
+        .post(
+            &client,
+            "/api/tasks",
+            json!({"id": "stuck", "total": 1_000_000}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let path = "/api/index-progress/stuck/events";
+    let roots = [&https.cert.der];
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = within(socket.connect(https.app.addr)).await.unwrap();
+    let mut h1 = tls_over(tcp, &roots, b"http/1.1").await;
+    h1.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    h1.flush().await.unwrap();
+    let mut h2 = https.tls_connect(b"h2").await;
+    h2.write_all(&http2_get(path, &https.app.addr.to_string()))
+        .await
+        .unwrap();
+    h2.flush().await.unwrap();
+    within(async {
+        while https.metric(&client, SSE_OPEN).await != 2.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // About 8 MB to each, far more than the socket buffers and the HTTP/2 window hold.
+    let padding = "x".repeat(2000);
+    within(async {
+        for n in 1..=4000 {
+            let body = json!({"processed": n, "detail": {"pad": padding}});
+            let response = https.post(&client, "/api/tasks/stuck/progress", body).await;
+            assert_eq!(response.status(), 200);
+        }
+    })
+    .await;
+    within(async {
+        while https.metric(&client, SSE_OPEN).await != 0.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for (name, tls) in [("HTTP/1.1", &mut h1), ("HTTP/2", &mut h2)] {
+        // What the buffers held, then the end.
+        let mut scratch = vec![0u8; 64 * 1024];
+        let closed = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match tls.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{name}: still open");
+    }
+    let answer = https
+        .post(
+            &client,
+            "/api/tasks/stuck/progress",
+            json!({"processed": 4001}),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
 }
 
 #[tokio::test]
