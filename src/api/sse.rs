@@ -73,7 +73,7 @@ pub async fn task_events(
                 place,
                 Transport::Sse,
                 &state,
-                fast,
+                false,
             )),
         };
     }

@@ -1,5 +1,6 @@
 //! One HTTPS connection: the TLS handshake, then hyper's HTTP/2 or HTTP/1.1 server (as the
-//! client chose by ALPN) with the router behind it, under the same rules as a plaintext
+//! client chose by ALPN: hyper-util's auto builder tells them apart by the first bytes,
+//! which follow that choice) with the router behind it, under the same rules as a plaintext
 //! connection: headers (and here the handshake) within the header timeout, a write that
 //! waits longer than the send timeout ends the connection, and shutdown is graceful
 //! (HTTP/2: `GOAWAY`, then the open streams end themselves on the same signal).
