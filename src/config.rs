@@ -229,6 +229,28 @@ pub struct Config {
     #[arg(global = true, long, env = "PROGRESS_HUB_PUBLIC_ORIGIN")]
     pub public_origin: Option<String>,
 
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1, chosen by ALPN) with this PEM certificate chain,
+    /// the server's certificate first; needs --tls-key. Reloaded on SIGHUP. Over HTTPS
+    /// every request is served by hyper and axum, as with --fast-paths off.
+    #[arg(
+        global = true,
+        long,
+        env = "PROGRESS_HUB_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP.
+    #[arg(
+        global = true,
+        long,
+        env = "PROGRESS_HUB_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+
     /// The hand-written fast paths: plain polls answered before hyper (the quick lane),
     /// event streams handed off from hyper and written by the relay itself. `off` serves
     /// everything through hyper and axum, as a reference to compare against or to rule
@@ -321,6 +343,8 @@ impl Config {
             protect_reads: false,
             cors_origins: Vec::new(),
             public_origin: None,
+            tls_cert: None,
+            tls_key: None,
             fast_paths: Switch::On,
             max_subscribers_per_task: 1_000,
             max_subscribers: 10_000,
@@ -336,6 +360,11 @@ impl Config {
     /// Whether the fast paths (`--fast-paths`) are on.
     pub fn fast_paths(&self) -> bool {
         self.fast_paths == Switch::On
+    }
+
+    /// The certificate and key files when HTTPS is configured.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
+        crate::tls::TlsFiles::from_options(self.tls_cert.as_deref(), self.tls_key.as_deref())
     }
 
     pub fn hub(&self) -> HubConfig {

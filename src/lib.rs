@@ -14,6 +14,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
 
 use std::future::Future;
@@ -46,6 +47,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Security(#[from] api::SecurityError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("{0}")]
     IndexRoots(std::io::Error),
     #[error(
@@ -99,6 +102,8 @@ pub struct Application {
     state: AppState,
     /// The data directory's lock, held until the server has stopped (see [`LOCK_FILE`]).
     data_dir_lock: Option<std::fs::File>,
+    /// The certificate when serving HTTPS (`--tls-cert`), reloaded on SIGHUP.
+    tls: Option<Arc<tls::Tls>>,
 }
 
 /// Pending connections the kernel may queue while the accept loop catches up.
@@ -127,6 +132,12 @@ impl Application {
         {
             return Err(StartError::Unauthenticated(config.listen));
         }
+        // Before binding: a certificate that does not load is a refusal to start. (Two
+        // small files, read once before anything is served.)
+        let tls = match config.tls_files()? {
+            Some(files) => Some(Arc::new(tls::Tls::load(files)?)),
+            None => None,
+        };
         let listener = bind(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -165,12 +176,19 @@ impl Application {
             local_addr,
             state,
             data_dir_lock: None,
+            tls,
         })
     }
 
     /// The address actually bound (the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where clients reach it: `http://ADDR`, or `https://ADDR` with a certificate.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     pub fn hub(&self) -> &Hub {
@@ -186,6 +204,12 @@ impl Application {
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) {
         let state = self.state;
         let data_dir_lock = self.data_dir_lock;
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls::reload_on_hangup(
+                tls.clone(),
+                state.shutdown.token().clone(),
+            ));
+        }
         let shutdown = state.shutdown.clone();
         let (trigger, draining) = (shutdown.clone(), state.draining.clone());
         let drain = std::time::Duration::from_secs(state.config.shutdown_drain_secs);
@@ -225,6 +249,7 @@ impl Application {
             quick: state.config.fast_paths().then(|| {
                 Arc::new(api::QuickPolls::new(state.clone())) as Arc<dyn transport::quick::Quick>
             }),
+            tls: self.tls,
         };
         server::serve(self.listener, router, shutdown.token().clone(), options).await;
         let _ = janitor.await;

@@ -36,7 +36,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     tracing::info!(addr = %app.local_addr(), "listening");
-    println!("listening on http://{}", app.local_addr());
+    println!("listening on {}", app.url());
     let _ = std::io::stdout().flush();
     app.run_until_stopped(shutdown_signal()).await;
     ExitCode::SUCCESS

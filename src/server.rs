@@ -9,6 +9,10 @@
 //! subscription, not a whole HTTP connection. Their writers then run on the hub's fan-out
 //! runtime ([`crate::hub::Hub::fan_out`]): a producer's request (or a poll) must not wait
 //! behind 10,000 streams.
+//!
+//! With a certificate (`--tls-cert`) every connection is HTTPS instead, served by hyper
+//! alone, HTTP/2 or HTTP/1.1 as ALPN chose ([`crate::tls::connection`]): no quick lane,
+//! no hand-off.
 
 use std::io;
 use std::time::Duration;
@@ -25,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::tls::connection::Https;
+use crate::tls::{self, Tls};
 use crate::transport::{handoff, quick};
 
 pub struct ServeOptions {
@@ -44,6 +50,8 @@ pub struct ServeOptions {
     pub send_timeout: Duration,
     /// Requests answered before hyper ([`quick`]); `None`: hyper serves every request.
     pub quick: Option<Arc<dyn quick::Quick>>,
+    /// HTTPS instead of HTTP ([`crate::tls`]): every connection is served by hyper alone.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains: handed-off
@@ -68,6 +76,13 @@ pub async fn serve(
         // the poll route: docs/design/quick-lane.md). Event streams leave hyper after their head.
         .writev(false);
     let connections = TaskTracker::new();
+    let https = options.tls.as_ref().map(|_| {
+        tls::connection::builder(
+            options.header_timeout,
+            options.send_timeout,
+            connections.clone(),
+        )
+    });
     let runtimes = &options.connection_runtimes;
     let mut turn = 0usize;
     loop {
@@ -83,6 +98,26 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        if let (Some(tls), Some(builder)) = (&options.tls, &https) {
+            let https = Https {
+                // The certificate loaded last: a reload reaches new connections.
+                acceptor: tls.acceptor(),
+                builder: builder.clone(),
+                router: router.clone(),
+                shutdown: shutdown.clone(),
+                grace: options.grace,
+                header_timeout: options.header_timeout,
+                send_timeout: options.send_timeout,
+                tracker: connections.clone(),
+            };
+            let open = OpenConnection::new(&options.open_connections);
+            let serve = |stream| async move {
+                https.serve(stream).await;
+                drop(open);
+            };
+            spawn_connection(runtimes, &mut turn, &connections, stream, serve);
+            continue;
+        }
         let connection = Connection {
             http: http.clone(),
             router: router.clone(),
@@ -96,15 +131,7 @@ pub async fn serve(
             // A handed-off stream keeps counting as an open connection: the socket is open.
             open: OpenConnection::new(&options.open_connections),
         };
-        if runtimes.is_empty() {
-            connections.spawn(connection.serve(stream));
-            continue;
-        }
-        // Round robin over the connection runtimes; the socket moves to the chosen
-        // runtime's reactor.
-        let runtime = &runtimes[turn % runtimes.len()];
-        turn = turn.wrapping_add(1);
-        handoff::spawn_moved(runtime, &connections, stream, |stream| {
+        spawn_connection(runtimes, &mut turn, &connections, stream, |stream| {
             connection.serve(stream)
         });
     }
@@ -119,12 +146,37 @@ pub async fn serve(
     }
 }
 
+/// Serves a connection on the next of the connection runtimes (round robin; the socket
+/// moves to the chosen runtime's reactor), or on this one when there are none.
+fn spawn_connection<F, Fut>(
+    runtimes: &[tokio::runtime::Handle],
+    turn: &mut usize,
+    connections: &TaskTracker,
+    stream: TcpStream,
+    serve: F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if runtimes.is_empty() {
+        connections.spawn(serve(stream));
+        return;
+    }
+    let runtime = &runtimes[*turn % runtimes.len()];
+    *turn = turn.wrapping_add(1);
+    handoff::spawn_moved(runtime, connections, stream, serve);
+}
+
 /// Where a session on a connection upgraded through hyper runs, so that shutdown waits
 /// for it as for the connections.
 #[derive(Clone)]
 pub struct Sessions(TaskTracker);
 
 impl Sessions {
+    pub(crate) fn new(tracker: TaskTracker) -> Sessions {
+        Sessions(tracker)
+    }
+
     pub fn spawn<F>(&self, session: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -189,7 +241,9 @@ impl Connection {
                 if request.headers().contains_key(hyper::header::UPGRADE) {
                     // A connection upgraded through hyper (`--fast-paths off`) outlives
                     // this task: its session is tracked like a handed-off stream.
-                    request.extensions_mut().insert(Sessions(tracker.clone()));
+                    request
+                        .extensions_mut()
+                        .insert(Sessions::new(tracker.clone()));
                 }
                 async move {
                     let (version, method) = (request.version(), request.method().clone());

@@ -12,6 +12,7 @@ use tower_http::timeout::TimeoutError;
 use super::error::ApiError;
 use super::AppState;
 use crate::hub::TaskId;
+use crate::transport::HyperOnly;
 
 /// `{task_id}` from the path, validated before any lookup.
 pub struct TaskIdPath(pub TaskId);
@@ -32,6 +33,23 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskIdPath {
         TaskId::parse(raw)
             .map(TaskIdPath)
             .map_err(|_| ApiError::InvalidTaskId)
+    }
+}
+
+/// Whether this request may take the fast paths: they are on (`--fast-paths`) and its
+/// connection is plaintext (an HTTPS connection is served by hyper alone, [`HyperOnly`]).
+pub struct FastPaths(pub bool);
+
+impl FromRequestParts<AppState> for FastPaths {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(FastPaths(
+            state.config.fast_paths() && parts.extensions.get::<HyperOnly>().is_none(),
+        ))
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::auth::Lister;
 use super::error::ApiError;
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, FastPaths};
 use super::limits::SubscriberGuard;
 use super::read_token::ReadableTask;
 use super::AppState;
@@ -61,13 +61,14 @@ pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Option<u64> {
 
 pub async fn task_events(
     State(state): State<AppState>,
+    FastPaths(fast): FastPaths,
     ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::Sse, Some(&id))?;
-    if !state.config.fast_paths() {
+    if !fast {
         // Through hyper only: the hub's channel, no sink for the relay.
         return match state.hub.subscribe(&id, last)? {
             None => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -83,12 +84,13 @@ pub async fn task_events(
 pub async fn all_events(
     _: Lister,
     State(state): State<AppState>,
+    FastPaths(fast): FastPaths,
     ApiQuery(query): ApiQuery<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::AllEvents, None)?;
-    if !state.config.fast_paths() {
+    if !fast {
         // Through hyper only: the hub's channel, framed by hyper.
         let subscription = state.hub.subscribe_all(last);
         return Ok(streamed(subscription, place, Transport::AllEvents, &state));

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, FastPaths};
 use super::read_token::ReadableTask;
 use super::sse::{last_event_id, ResumeQuery};
 use super::AppState;
@@ -47,6 +47,7 @@ pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn task_ws(
     State(state): State<AppState>,
+    FastPaths(fast): FastPaths,
     ReadableTask(id): ReadableTask,
     ApiQuery(query): ApiQuery<ResumeQuery>,
     mut request: Request,
@@ -58,7 +59,7 @@ pub async fn task_ws(
     }
     let last = last_event_id(headers, query.last_event_id.as_deref());
     let place = state.limits.subscribe(Transport::WebSocket, Some(&id))?;
-    if !state.config.fast_paths() {
+    if !fast {
         let subscription = state.hub.subscribe(&id, last)?;
         let accept = handshake(&method, version, headers)?;
         let session = plain::Session {

@@ -8,3 +8,9 @@ pub mod handoff;
 pub mod quick;
 pub mod sse;
 pub mod ws;
+
+/// In a request's extensions: its connection is served by hyper alone (HTTPS,
+/// [`crate::tls`]), so no fast path can take its stream over; handlers answer as with
+/// `--fast-paths off`.
+#[derive(Debug, Clone, Copy)]
+pub struct HyperOnly;

@@ -25,5 +25,6 @@ mod security;
 mod shutdown;
 mod sse;
 mod stream_handoff;
+mod tls;
 mod watch;
 mod ws;

@@ -1,9 +1,10 @@
 // Test support: the real progress-hub binary on a free loopback port, a producer client
 // for its API, Chromium through playwright-core, and waits that always have a deadline.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { request as httpsRequest } from 'node:https';
 import { once } from 'node:events';
-import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -26,10 +27,12 @@ export async function tempDir(prefix = 'progress-hub-browser-') {
   return { path: dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }
 
-/** Starts the binary and resolves once it printed `listening on http://ADDR`. */
-export async function startServer({ dataDir, listen = '127.0.0.1:0', indexRoots = [], extraArgs = [] }) {
+/** Starts the binary and resolves once it printed `listening on http://ADDR` (or
+ *  `https://ADDR` when `tls` names a certificate from `selfSignedCertificate`). */
+export async function startServer({ dataDir, listen = '127.0.0.1:0', indexRoots = [], extraArgs = [], tls = null }) {
   if (!existsSync(BINARY)) throw new Error(`server binary missing: ${BINARY} (run cargo build)`);
   const args = ['--listen', listen, '--data-dir', dataDir, ...extraArgs];
+  if (tls) args.push('--tls-cert', tls.cert, '--tls-key', tls.key);
   for (const dir of indexRoots) args.push('--index-root', dir);
   // The tests decide every setting: none may leak in from the environment.
   const env = Object.fromEntries(
@@ -53,10 +56,10 @@ export async function startServer({ dataDir, listen = '127.0.0.1:0', indexRoots 
     }, START_TIMEOUT_MS);
     lines.on('line', (line) => {
       remember(line);
-      const match = /^listening on http:\/\/(\S+)$/.exec(line);
+      const match = /^listening on (https?):\/\/(\S+)$/.exec(line);
       if (match) {
         clearTimeout(timer);
-        resolvePromise(match[1]);
+        resolvePromise(match[2]);
       }
     });
     child.once('exit', (code, signal) => {
@@ -65,12 +68,12 @@ export async function startServer({ dataDir, listen = '127.0.0.1:0', indexRoots 
     });
   });
 
-  const url = `http://${addr}`;
+  const url = `${tls ? 'https' : 'http'}://${addr}`;
   return {
     url,
     addr,
     log,
-    api: producer(url),
+    api: producer(url, undefined, tls?.pem),
     /** SIGTERM, then wait (bounded) for the graceful exit. Returns the exit code. */
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
@@ -83,20 +86,23 @@ export async function startServer({ dataDir, listen = '127.0.0.1:0', indexRoots 
   };
 }
 
-/** The producer API, as a program in any language would use it. */
-export function producer(baseUrl, token) {
+/** The producer API, as a program in any language would use it. `ca`: the PEM
+ *  certificate to trust for an https:// server with a self-signed one. */
+export function producer(baseUrl, token, ca) {
   async function call(method, path, body) {
     // Writes say JSON even without a body: the server refuses any other.
     const headers = { 'Content-Type': 'application/json' };
     if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch(baseUrl + path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
-    });
-    const text = await response.text();
-    if (!response.ok) throw new Error(`${method} ${path} → ${response.status} ${text}`);
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const { status, text } = ca
+      ? await httpsCall(baseUrl + path, { method, headers, ca }, payload)
+      : await fetch(baseUrl + path, {
+        method,
+        headers,
+        body: payload,
+        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      }).then(async (response) => ({ status: response.status, text: await response.text() }));
+    if (status < 200 || status > 299) throw new Error(`${method} ${path} → ${status} ${text}`);
     return text ? JSON.parse(text) : null;
   }
   return {
@@ -107,6 +113,41 @@ export function producer(baseUrl, token) {
     fail: (id, error) => call('POST', `/api/tasks/${id}/fail`, { error }),
     get: (id) => call('GET', `/api/tasks/${id}`),
   };
+}
+
+/** One request with node:https, trusting `options.ca` (fetch cannot be given a CA). */
+function httpsCall(url, options, payload) {
+  return new Promise((resolvePromise, reject) => {
+    const request = httpsRequest(url, { ...options, timeout: REQUEST_TIMEOUT_MS }, (response) => {
+      let text = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk) => { text += chunk; });
+      response.on('end', () => resolvePromise({ status: response.statusCode, text }));
+      response.on('error', reject);
+    });
+    request.on('timeout', () => request.destroy(new Error(`${url}: no answer in ${REQUEST_TIMEOUT_MS} ms`)));
+    request.on('error', reject);
+    request.end(payload);
+  });
+}
+
+/** A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command:
+ *  `{ cert, key }` (file paths) and `pem` (the certificate's text). */
+export async function selfSignedCertificate(dir) {
+  const cert = join(dir, 'cert.pem');
+  const key = join(dir, 'key.pem');
+  const args = [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=progress-hub test',
+    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
+  ];
+  await new Promise((resolvePromise, reject) => {
+    execFile('openssl', args, (error, _stdout, stderr) => {
+      if (error) reject(new Error(`openssl could not make a test certificate (is it installed?): ${error.message}\n${stderr}`));
+      else resolvePromise();
+    });
+  });
+  return { cert, key, pem: await readFile(cert, 'utf8') };
 }
 
 export async function launchBrowser() {
