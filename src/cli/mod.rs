@@ -33,7 +33,7 @@ pub mod exit {
 /// Where the server is and how to prove the right to read.
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// The server's URL (http:// only).
+    /// The server's URL (http:// or https://).
     #[arg(
         long,
         env = "PROGRESS_HUB_SERVER",
@@ -45,6 +45,11 @@ pub struct ServerArgs {
     /// headers, never in a URL.
     #[arg(long, env = "PROGRESS_HUB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// For https://: a PEM file of the certificates to trust (a self-signed server's own
+    /// certificate, or a private CA), instead of `SSL_CERT_FILE` or the system's.
+    #[arg(long, env = "PROGRESS_HUB_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -10,7 +10,11 @@ use super::client::{self, Server};
 use super::{exit, TasksArgs};
 
 pub async fn run(args: TasksArgs) -> ExitCode {
-    let server = match Server::new(&args.remote.server, args.remote.token) {
+    let server = match Server::new(
+        &args.remote.server,
+        args.remote.token,
+        args.remote.ca_cert.as_deref(),
+    ) {
         Ok(server) => server,
         Err(error) => {
             eprintln!("progress-hub: {error}");

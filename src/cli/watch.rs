@@ -53,7 +53,11 @@ enum Attempt {
 }
 
 pub async fn run(args: WatchArgs) -> ExitCode {
-    let server = match Server::new(&args.remote.server, args.remote.token) {
+    let server = match Server::new(
+        &args.remote.server,
+        args.remote.token,
+        args.remote.ca_cert.as_deref(),
+    ) {
         Ok(server) => server,
         Err(error) => {
             eprintln!("progress-hub: {error}");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use reqwest::Version;
+use reqwest::{StatusCode, Version};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -631,6 +631,57 @@ async fn shutdown_ends_http2_streams_and_stops() {
         let rest = stream.events_until_cut().await;
         assert!(rest.is_empty(), "{} events after the snapshot", rest.len());
     }
+    within(https.app.stop()).await;
+}
+
+#[tokio::test]
+async fn watch_and_tasks_follow_a_task_over_https() {
+    let https = spawn_https().await;
+    let client = https.client(true);
+    let created = https
+        .post(&client, "/api/tasks", json!({"id": "tls-watch"}))
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let ended = https
+        .post(
+            &client,
+            "/api/tasks/tls-watch/complete",
+            json!({"results": {"files": 3}}),
+        )
+        .await;
+    assert_eq!(ended.status(), StatusCode::OK);
+    let server = format!("https://{}", https.app.addr);
+    let ca = https._files.path().join("cert.pem");
+    let ca = ca.to_str().unwrap();
+
+    let watch = ["watch", "tls-watch", "--server", &server, "--ca-cert", ca];
+    let output = within(binary().args(watch).output()).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let results: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(results, json!({"files": 3}));
+
+    let tasks = ["tasks", "--json", "--server", &server, "--ca-cert", ca];
+    let output = within(binary().args(tasks).output()).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("tls-watch"),
+        "{output:?}"
+    );
+
+    // Without the certificate the server's self-signed one is not trusted: no answer is
+    // believed, and `watch` gives up as unreachable.
+    let untrusted = [
+        "watch",
+        "tls-watch",
+        "--server",
+        &server,
+        "--retry-secs",
+        "0",
+    ];
+    let output = within(binary().args(untrusted).output()).await.unwrap();
+    assert_eq!(output.status.code(), Some(4), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
     within(https.app.stop()).await;
 }
 

@@ -202,7 +202,15 @@ async fn unknown_tasks_exit_three_and_an_unreachable_server_four() {
     // Usage errors must not read as "cancelled" (2).
     let output = run(binary().args(["watch"])).await;
     assert_eq!(output.status.code(), Some(64), "{output:?}");
-    let output = run(binary().args(["watch", "x", "--server", "https://127.0.0.1:1"])).await;
+    let output = run(binary().args(["watch", "x", "--server", "ftp://127.0.0.1:1"])).await;
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    let missing = [
+        "--server",
+        "https://127.0.0.1:1",
+        "--ca-cert",
+        "/nonexistent.pem",
+    ];
+    let output = run(binary().args(["watch", "x"]).args(missing)).await;
     assert_eq!(output.status.code(), Some(64), "{output:?}");
 }
 
