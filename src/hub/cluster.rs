@@ -259,6 +259,40 @@ impl Hub {
         event.ok_or_else(|| unavailable("the task did not change"))
     }
 
+    /// [`Hub::mark_stalled`] for a node sharing its tasks: every node may find the same
+    /// silent task, and the log lets one of them mark it (the others then find it
+    /// marked, or moved on, and write nothing). Returns how many this node marked.
+    pub async fn mark_stalled_clustered(&self, after: Duration) -> usize {
+        let cutoff = time::now_ms().saturating_sub(after.as_millis() as u64);
+        let silent = |s: &Snapshot| {
+            s.status == super::Status::Processing && !s.stalled && s.updated_at_ms <= cutoff
+        };
+        let candidates: Vec<TaskId> = self
+            .cells()
+            .iter()
+            .filter_map(|cell| {
+                let st = cell.lock();
+                silent(&st.working).then(|| st.working.task_id.clone())
+            })
+            .collect();
+        let mut marked = 0;
+        for id in candidates {
+            let written = self
+                .write_clustered(&id, |snapshot, _| {
+                    let mark = silent(snapshot);
+                    snapshot.stalled = true;
+                    Ok(mark)
+                })
+                .await;
+            match written {
+                Ok(Some(_)) => marked += 1,
+                Ok(None) | Err(HubError::Finished(_)) | Err(HubError::NotFound) => {}
+                Err(error) => tracing::debug!(task_id = %id, %error, "cannot mark stalled"),
+            }
+        }
+        marked
+    }
+
     /// Marks a task whose built-in job lost its node (its lease in the shared log
     /// expired) as failed, unless it has ended meanwhile. Any node may do it; the log
     /// lets exactly one succeed.

@@ -633,7 +633,7 @@ impl Hub {
     /// change like any other. The next progress report clears the mark.
     pub fn mark_stalled(&self, after: Duration) -> usize {
         if self.is_clustered() {
-            // Not done by the nodes sharing tasks yet (docs/design/redis-nodes.md).
+            // Through the shared log instead: [`Hub::mark_stalled_clustered`].
             return 0;
         }
         let cutoff = time::now_ms().saturating_sub(after.as_millis() as u64);

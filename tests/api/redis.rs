@@ -618,3 +618,32 @@ async fn redis_node_killed_mid_job_leaves_the_task_failed_and_cancel_reaches_any
     let end = sse_events(&mut events).await;
     assert_eq!(end.last().unwrap().1["status"], "completed");
 }
+
+#[tokio::test]
+async fn redis_a_silent_task_is_marked_stalled_once_whichever_node_sees_it() {
+    let (_redis, nodes) = three_nodes(&["--stall-secs", "1"]).await;
+    nodes[0]
+        .post("/api/tasks", json!({"id": "quiet", "total": 9}))
+        .await;
+    let mut follower = nodes[2].sse("/api/index-progress/quiet/events", None).await;
+    nodes[1]
+        .post("/api/tasks/quiet/progress", json!({"processed": 1}))
+        .await;
+    let mut seen = Vec::new();
+    within(async {
+        while seen
+            .last()
+            .is_none_or(|(_, d): &(u64, Value)| d["stalled"] != true)
+        {
+            let frame = follower.next_event().await.unwrap();
+            seen.push((frame.id.unwrap(), frame.json()));
+        }
+    })
+    .await;
+    // Every node found it silent; one change marked it.
+    nodes[0].post("/api/tasks/quiet/complete", json!({})).await;
+    seen.extend(sse_events(&mut follower).await);
+    assert_eq!(seqs(&seen), [1, 2, 3, 4], "{seen:?}");
+    assert_eq!(seen[2].1["stalled"], true);
+    assert_eq!(seen[3].1["status"], "completed");
+}
