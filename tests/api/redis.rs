@@ -647,3 +647,64 @@ async fn redis_a_silent_task_is_marked_stalled_once_whichever_node_sees_it() {
     assert_eq!(seen[2].1["stalled"], true);
     assert_eq!(seen[3].1["status"], "completed");
 }
+
+/// Sends one command to Redis in its wire format, and reads the first line of the answer.
+async fn redis_command(redis: &Redis, args: &[&str]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let stream = within(tokio::net::TcpStream::connect(("127.0.0.1", redis.port)))
+        .await
+        .unwrap();
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(command.as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    within(stream.read_line(&mut line)).await.unwrap();
+    line
+}
+
+#[tokio::test]
+async fn redis_flushed_under_running_nodes_gets_their_tasks_back() {
+    let (redis, nodes) = three_nodes(&[]).await;
+    nodes[0]
+        .post("/api/tasks", json!({"id": "f", "total": 9}))
+        .await;
+    let mut follower = nodes[1].sse("/api/index-progress/f/events", None).await;
+    nodes[0]
+        .post("/api/tasks/f/progress", json!({"processed": 1}))
+        .await;
+    let mut seen = Vec::new();
+    while seen.last().map(|(s, _)| *s) != Some(2) {
+        let frame = within(follower.next_event()).await.unwrap();
+        seen.push((frame.id.unwrap(), frame.json()));
+    }
+    // Redis loses everything while every connection stays up.
+    assert_eq!(redis_command(&redis, &["FLUSHALL"]).await, "+OK\r\n");
+    let answer = nodes[2]
+        .post_retrying("/api/tasks/f/progress", json!({"processed": 2}))
+        .await;
+    assert!(
+        answer["seq"].as_u64().unwrap() > RESTART_SEQ_GAP,
+        "{answer}"
+    );
+    nodes[0]
+        .post_retrying("/api/tasks/f/complete", json!({}))
+        .await;
+    seen.extend(sse_events(&mut follower).await);
+    let seen_seqs = seqs(&seen);
+    assert!(
+        seen_seqs.windows(2).all(|w| w[0] < w[1]),
+        "strictly rising: {seen_seqs:?}"
+    );
+    let (_, last) = seen.last().unwrap();
+    assert_eq!(
+        (&last["status"], &last["processed"]),
+        (&json!("completed"), &json!(2))
+    );
+}

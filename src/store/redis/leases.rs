@@ -75,7 +75,13 @@ async fn fail_orphans(store: &RedisStore, hub: &Hub) -> Result<(), crate::store:
     if !settled {
         return Ok(());
     }
-    let jobs = hub.unfinished_jobs();
+    let jobs: Vec<TaskId> = {
+        let held = lock(&store.held);
+        hub.unfinished_jobs()
+            .into_iter()
+            .filter(|id| !held.contains(id))
+            .collect()
+    };
     if jobs.is_empty() {
         return Ok(());
     }

@@ -93,6 +93,9 @@ impl Session<'_> {
                 _ = ping.tick() => {
                     timed(sink.ping::<Value>()).await?;
                 }
+                _ = self.store.resync.notified() => {
+                    return Err(StoreError::Unavailable("Redis lost its data".to_string()));
+                }
             }
         }
     }

@@ -79,6 +79,9 @@ pub struct RedisStore {
     ready: AtomicBool,
     /// Tasks whose built-in job runs on this node: their leases are renewed.
     held: Mutex<HashSet<TaskId>>,
+    /// Set when a write found that Redis is not the one this node reconciled with
+    /// (its data was lost or flushed): the subscription starts over and reconciles.
+    resync: tokio::sync::Notify,
     /// When the subscription last became ready (the lease watcher gives owners time to
     /// renew after an outage).
     ready_since: Mutex<Option<tokio::time::Instant>>,
@@ -110,6 +113,7 @@ impl RedisStore {
             epoch: Mutex::new(None),
             ready: AtomicBool::new(false),
             held: Mutex::new(HashSet::new()),
+            resync: tokio::sync::Notify::new(),
             ready_since: Mutex::new(None),
         })
     }
@@ -226,6 +230,7 @@ impl RedisStore {
                 // Redis lost its data since this node reconciled: the subscription
                 // notices and gives the tasks back; until then, writes wait.
                 self.set_ready(false);
+                self.resync.notify_one();
                 Err(StoreError::Unavailable(
                     "Redis lost its data; the nodes are restoring it".to_string(),
                 ))
