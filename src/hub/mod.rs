@@ -881,4 +881,6 @@ async fn deliver_range(
 }
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 mod tests;
