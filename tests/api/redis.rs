@@ -76,7 +76,7 @@ fn free_port() -> u16 {
 struct Node {
     child: Child,
     base: String,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Node {
@@ -101,7 +101,7 @@ impl Node {
         Node {
             child,
             base: format!("http://{addr}"),
-            _data: data,
+            data,
         }
     }
 
@@ -601,8 +601,12 @@ async fn redis_node_killed_mid_job_leaves_the_task_failed_and_cancel_reaches_any
     );
     assert!(seqs(&seen).windows(2).all(|w| w[0] < w[1]));
 
-    // The node restarted shows the same end, and runs jobs again.
-    let restarted = Node::start(&redis, &extra).await;
+    // The node restarted on its data directory shows the same end, and runs jobs again.
+    let dead = nodes.remove(0);
+    let restarted = Node::start_in(dead.data, &redis, &extra).await;
+    restarted.wait_ready().await;
+    let nodes = [restarted, nodes.remove(0), nodes.remove(0)];
+    let restarted = &nodes[0];
     assert_eq!(
         restarted.get_json(&path).await,
         nodes[1].get_json(&path).await
