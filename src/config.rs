@@ -80,6 +80,12 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
+    /// Share tasks with other progress-hub processes through this Redis server
+    /// (`redis://[:password@]host:port[/db]`): Redis is then the store, `--store` is not
+    /// used, and any node serves any task. Never logged.
+    #[arg(global = true, long, env = "PROGRESS_HUB_REDIS_URL")]
+    pub redis_url: Option<String>,
+
     /// Where task state is kept.
     #[arg(global = true, long, env = "PROGRESS_HUB_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
     pub store: StoreKind,
@@ -323,6 +329,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             store: StoreKind::Sqlite,
+            redis_url: None,
             retention_secs: 24 * 3600,
             stall_secs: 60,
             index_roots: Vec::new(),

@@ -39,13 +39,20 @@ pub async fn run(hub: Hub, config: JanitorConfig, shutdown: CancellationToken) {
         }
         // Scanning every task takes the per-task locks one by one; keep it off the
         // async workers that serve streams.
-        let (hub, retention, stall) = (hub.clone(), config.retention, config.stall_after);
+        let (scan, retention, stall) = (hub.clone(), config.retention, config.stall_after);
         let swept = tokio::task::spawn_blocking(move || {
-            let removed = hub.sweep_finished(retention);
-            let stalled = stall.map_or(0, |after| hub.mark_stalled(after));
+            let removed = scan.sweep_finished(retention);
+            let stalled = stall.map_or(0, |after| scan.mark_stalled(after));
             (removed, stalled)
         })
         .await;
+        let swept = match (swept, stall) {
+            // Nodes sharing tasks mark them through Redis, which awaits.
+            (Ok((removed, _)), Some(after)) if hub.is_clustered() => {
+                Ok((removed, hub.mark_stalled_clustered(after).await))
+            }
+            (swept, _) => swept,
+        };
         if let Ok((removed, stalled)) = swept {
             if removed > 0 || stalled > 0 {
                 tracing::debug!(removed, stalled, "janitor pass");

@@ -28,7 +28,7 @@ use api::AppState;
 use config::{Config, StoreKind};
 use hub::Hub;
 use indexer::Indexer;
-use store::{MemoryStore, SqliteStore, Store, StoreError};
+use store::{MemoryStore, RedisStore, SqliteStore, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,9 @@ pub struct Application {
     data_dir_lock: Option<std::fs::File>,
     /// The certificate when serving HTTPS (`--tls-cert`), reloaded on SIGHUP.
     tls: Option<Arc<tls::Tls>>,
+    /// Set when tasks are shared with other nodes (`--redis-url`): its subscription and
+    /// lease keeper start with the server.
+    redis: Option<Arc<RedisStore>>,
 }
 
 /// Pending connections the kernel may queue while the accept loop catches up.
@@ -114,9 +117,24 @@ impl Application {
     /// configuration names.
     pub async fn build(config: Config) -> Result<Application, StartError> {
         let lock = lock_data_dir(&config.data_dir)?;
-        let store = open_store(&config)?;
+        let redis = match &config.redis_url {
+            Some(url) => Some(Arc::new(RedisStore::open(
+                url,
+                config.history as usize,
+                std::time::Duration::from_secs(config.retention_secs),
+            )?)),
+            None => None,
+        };
+        let store = match &redis {
+            Some(redis) => redis.clone() as Arc<dyn Store>,
+            None => open_store(&config)?,
+        };
         let mut app = Self::build_with_store(config, store).await?;
         app.data_dir_lock = Some(lock);
+        if let Some(redis) = &redis {
+            app.state.hub.attach_log(redis.clone());
+        }
+        app.redis = redis;
         Ok(app)
     }
 
@@ -177,6 +195,7 @@ impl Application {
             state,
             data_dir_lock: None,
             tls,
+            redis: None,
         })
     }
 
@@ -210,6 +229,13 @@ impl Application {
                 state.shutdown.token().clone(),
             ));
         }
+        // Stopped last: jobs ending at shutdown still write through Redis.
+        let redis_stop = CancellationToken::new();
+        let redis_loops = self.redis.as_ref().map(|redis| {
+            let indexer = state.indexer.clone();
+            let on_end = Arc::new(move |id: &hub::TaskId| indexer.cancel(id));
+            redis.start(&state.hub, on_end, redis_stop.clone())
+        });
         let shutdown = state.shutdown.clone();
         let (trigger, draining) = (shutdown.clone(), state.draining.clone());
         let drain = std::time::Duration::from_secs(state.config.shutdown_drain_secs);
@@ -261,6 +287,10 @@ impl Application {
         state.hub.flush_pending();
         if let Err(error) = state.hub.store().close().await {
             tracing::error!(%error, "final store flush failed");
+        }
+        redis_stop.cancel();
+        for handle in redis_loops.into_iter().flatten() {
+            let _ = handle.await;
         }
         drop(connection_runtimes);
         drop(data_dir_lock);

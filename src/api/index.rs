@@ -44,9 +44,7 @@ pub async fn index_folder(
     })?;
     // The job's task counts against the same limits as any producer's.
     let new = Indexer::task_for(&folder);
-    let event = state
-        .limits
-        .create_task(&state.hub, &producer.label, || state.hub.create(new))?;
+    let event = super::tasks::create_task(&state, &producer.label, new).await?;
     let id = event.task_id().clone();
     state.hub.confirm(&id).await?;
     state

@@ -102,6 +102,41 @@ impl Limits {
         create: impl FnOnce() -> Result<Event, HubError>,
     ) -> Result<Event, ApiError> {
         let mut owners = lock(&self.owners);
+        self.admit_create(hub, producer, &mut owners)?;
+        let event = create()?;
+        owners
+            .entry(producer.clone())
+            .or_default()
+            .push(event.task_id().clone());
+        Ok(event)
+    }
+
+    /// [`Limits::create_task`] for a node sharing its tasks through Redis, where creating
+    /// awaits Redis: the check and the count are not one step, so concurrent creates on
+    /// one node may pass a limit by a few. The limits count this node's view: every task
+    /// of the cluster, and the unfinished tasks created through this node.
+    pub async fn create_task_clustered(
+        &self,
+        hub: &Hub,
+        producer: &Arc<str>,
+        create: impl std::future::Future<Output = Result<Event, HubError>>,
+    ) -> Result<Event, ApiError> {
+        self.admit_create(hub, producer, &mut lock(&self.owners))?;
+        let event = create.await?;
+        lock(&self.owners)
+            .entry(producer.clone())
+            .or_default()
+            .push(event.task_id().clone());
+        Ok(event)
+    }
+
+    /// Whether the task limits allow one more task for `producer`.
+    fn admit_create(
+        &self,
+        hub: &Hub,
+        producer: &Arc<str>,
+        owners: &mut HashMap<Arc<str>, Vec<TaskId>>,
+    ) -> Result<(), ApiError> {
         if hub.task_count() >= self.tasks_max {
             return Err(self.too_many(LimitKind::TasksTotal, "Too many tasks"));
         }
@@ -116,9 +151,7 @@ impl Limits {
                 "Too many unfinished tasks for this API token",
             ));
         }
-        let event = create()?;
-        owned.push(event.task_id().clone());
-        Ok(event)
+        Ok(())
     }
 
     fn too_many(&self, limit: LimitKind, message: &str) -> ApiError {

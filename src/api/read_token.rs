@@ -159,6 +159,7 @@ impl FromRequestParts<AppState> for ReadableTask {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let TaskIdPath(id) = TaskIdPath::from_request_parts(parts, state).await?;
         let Some(key) = &state.security.read_key else {
+            state.hub.fetch_missing(&id).await?;
             return Ok(ReadableTask(id));
         };
         let by_query = || {
@@ -170,6 +171,7 @@ impl FromRequestParts<AppState> for ReadableTask {
         let by_cookie = || cookie(&parts.headers, &id).is_some_and(|t| key.verify(&id, t));
         let by_api_token = || state.security.tokens.check(&parts.headers).is_some();
         if by_query() || by_cookie() || by_api_token() {
+            state.hub.fetch_missing(&id).await?;
             Ok(ReadableTask(id))
         } else {
             Err(ApiError::Unauthorized)

@@ -65,14 +65,30 @@ pub async fn create(
         total,
         job: None,
     };
-    let event = state
-        .limits
-        .create_task(&state.hub, &producer.label, || state.hub.create(new))?;
+    let event = create_task(&state, &producer.label, new).await?;
     let id = event.task_id();
     // Acknowledged only once stored: a created task survives a crash right after.
     state.hub.confirm(id).await?;
     tracing::debug!(task_id = %id, producer = %producer.label, "task created");
     Ok(started_for(&state, StatusCode::CREATED, id))
+}
+
+/// Creates a task through the limits: in this process, or through Redis when tasks are
+/// shared with other nodes.
+pub async fn create_task(
+    state: &AppState,
+    producer: &std::sync::Arc<str>,
+    new: NewTask,
+) -> Result<crate::hub::Event, ApiError> {
+    if state.hub.is_clustered() {
+        return state
+            .limits
+            .create_task_clustered(&state.hub, producer, state.hub.create_clustered(new))
+            .await;
+    }
+    state
+        .limits
+        .create_task(&state.hub, producer, || state.hub.create(new))
 }
 
 /// [`started`], plus the `read_token` its clients need to follow the task when reads are
@@ -101,7 +117,7 @@ pub async fn progress(
         detail: body.object("detail", MAX_DETAIL_BYTES)?,
     };
     body.finish()?;
-    let snapshot = state.hub.progress(&id, update)?;
+    let snapshot = state.hub.report(&id, update).await?;
     Ok(json_response(StatusCode::OK, snapshot))
 }
 

@@ -9,6 +9,7 @@
 //! closes. Status changes and terminal changes never wait.
 
 mod all;
+mod cluster;
 mod event;
 mod id;
 mod rate;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 
 pub use all::{AllEvent, AllSubscription};
+pub use cluster::{Append, Appended, FetchFuture, LogFuture, SharedLog};
 pub use event::{Event, EventKind, WIRE_FORMS};
 pub use id::{InvalidTaskId, TaskId};
 pub use sink::{Attached, Sink};
@@ -135,6 +137,10 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     /// Relays run here.
     fan_out: FanOut,
+    /// Set when tasks are shared with other nodes (see [`cluster`]): writes go there.
+    log: std::sync::OnceLock<Arc<dyn SharedLog>>,
+    /// Woken whenever [`Hub::apply`] brings a change, for writers waiting to see theirs.
+    applied: tokio::sync::Notify,
 }
 
 /// The runtime streams run on: the hub's own, or the one it was built on.
@@ -219,6 +225,8 @@ impl Hub {
             stats: Arc::new(Stats::default()),
             runtime: tokio::runtime::Handle::current(),
             fan_out: FanOut::new(config.fan_out_threads),
+            log: std::sync::OnceLock::new(),
+            applied: tokio::sync::Notify::new(),
             store,
             config,
         });
@@ -339,6 +347,9 @@ impl Hub {
     /// store cannot keep up ([`Hub::admit_write`]). A task whose creation the store did not
     /// confirm is returned as if created again, for the producer's retry.
     pub fn create(&self, new: NewTask) -> Result<Event, HubError> {
+        if self.is_clustered() {
+            return Err(cluster_only("create_clustered"));
+        }
         self.admit_write()?;
         let id = new.id.unwrap_or_else(TaskId::generate);
         let mut tasks = self.write_map();
@@ -370,6 +381,9 @@ impl Hub {
     /// change is published now or, if the task published moments ago, when the coalescing
     /// window closes.
     pub fn progress(&self, id: &TaskId, update: ProgressUpdate) -> Result<Bytes, HubError> {
+        if self.is_clustered() {
+            return Err(cluster_only("report"));
+        }
         let cell = self.cell(id)?;
         self.admit_write()?;
         let mut st = cell.lock();
@@ -409,12 +423,35 @@ impl Hub {
         Ok(Bytes::from(st.working.to_json(EventKind::Progress)))
     }
 
+    /// Applies a progress report ([`Hub::progress`]), through the shared log when tasks
+    /// are shared with other nodes.
+    pub async fn report(&self, id: &TaskId, update: ProgressUpdate) -> Result<Bytes, HubError> {
+        if self.is_clustered() {
+            return self.progress_clustered(id, update).await;
+        }
+        self.progress(id, update)
+    }
+
+    /// [`Hub::report`] for a blocking thread (a built-in job's reporter).
+    pub fn report_blocking(&self, id: &TaskId, update: ProgressUpdate) -> Result<Bytes, HubError> {
+        if self.is_clustered() {
+            return self
+                .shared
+                .runtime
+                .block_on(self.progress_clustered(id, update));
+        }
+        self.progress(id, update)
+    }
+
     /// Ends a task, publishes its terminal event at once and returns once the store has
     /// it, so an acknowledged ending survives a crash. Never refused for a store outage
     /// (a built-in job must be able to end); producers pass [`Hub::admit_write`] first.
     /// Ending again with the same status a task whose ending the store did not confirm
     /// waits for the store again instead of answering `Finished`.
     pub async fn finish(&self, id: &TaskId, outcome: Outcome) -> Result<Event, HubError> {
+        if self.is_clustered() {
+            return self.finish_clustered(id, outcome).await;
+        }
         let event = {
             let cell = self.cell(id)?;
             let mut st = cell.lock();
@@ -541,6 +578,10 @@ impl Hub {
     /// calls it when it enters a new stage, so that no subscriber sees the stage merged away.
     pub fn publish_now(&self, id: &TaskId) -> Result<(), HubError> {
         let cell = self.cell(id)?;
+        if self.is_clustered() {
+            // Nothing waits: every write is published as it is taken (see [`cluster`]).
+            return Ok(());
+        }
         let mut st = cell.lock();
         if st.dirty {
             self.shared.publish(&cell, &mut st);
@@ -591,6 +632,10 @@ impl Hub {
     /// Marks running tasks that have not reported for `after` as `stalled`, publishing the
     /// change like any other. The next progress report clears the mark.
     pub fn mark_stalled(&self, after: Duration) -> usize {
+        if self.is_clustered() {
+            // Through the shared log instead: [`Hub::mark_stalled_clustered`].
+            return 0;
+        }
         let cutoff = time::now_ms().saturating_sub(after.as_millis() as u64);
         let mut marked = 0;
         for cell in self.cells() {
@@ -653,6 +698,18 @@ impl Hub {
     }
 }
 
+/// The error of a local-only write called on a node that shares its tasks: a bug, the
+/// caller should have used `instead`.
+fn cluster_only(instead: &str) -> HubError {
+    tracing::error!(
+        instead,
+        "a local-only write was called on a node sharing its tasks"
+    );
+    HubError::Store(StoreError::Unavailable(format!(
+        "use {instead} on a shared hub"
+    )))
+}
+
 impl Shared {
     /// Publishes the task's working state. Called with the task's lock held (`st` is
     /// `cell`'s); live subscribers get the event from a relay, after the caller has moved on.
@@ -664,6 +721,14 @@ impl Shared {
         );
         self.after_publish(&event);
         if start_relay {
+            self.start_relay(cell);
+        }
+        event
+    }
+
+    /// Starts the relay that sends `cell`'s outbox to its subscribers.
+    fn start_relay(&self, cell: &TaskRef) {
+        {
             let cell = Arc::clone(cell);
             // Runs on the main runtime, not the fan-out one, although the streams it
             // serves live there: a relay spawned there queued behind the thousands of
@@ -685,7 +750,6 @@ impl Shared {
                 }
             }
         }
-        event
     }
 
     /// Where and over how many jobs a relay spreads its sinks.
@@ -816,5 +880,7 @@ async fn deliver_range(
     }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;

@@ -134,6 +134,20 @@ impl TaskState {
         stats: &Stats,
     ) -> (Event, bool) {
         let event = Event::encode(&self.working);
+        let start_relay = self.publish_encoded(event.clone(), history_len, outbox_len, stats);
+        (event, start_relay)
+    }
+
+    /// Publishes `event`, already encoded from `working` (a node sharing tasks through
+    /// Redis applies events that some node encoded). Returns whether a relay must be
+    /// started.
+    pub fn publish_encoded(
+        &mut self,
+        event: Event,
+        history_len: usize,
+        outbox_len: usize,
+        stats: &Stats,
+    ) -> bool {
         self.published = event.clone();
         self.dirty = false;
         self.last_publish = Instant::now();
@@ -146,7 +160,7 @@ impl TaskState {
         while self.history.len() > history_len.max(1) {
             self.history.pop_front();
         }
-        let start_relay = match &self.tx {
+        match &self.tx {
             // Nobody listens: the terminal event can end the channel at once.
             Some(tx)
                 if tx.receiver_count() == 0 && self.sinks.len() == 0 && self.outbox.is_empty() =>
@@ -179,12 +193,11 @@ impl TaskState {
                     self.outbox.pop_front();
                     stats.relay_skipped.fetch_add(1, Ordering::Relaxed);
                 }
-                self.outbox.push_back(event.clone());
+                self.outbox.push_back(event);
                 !std::mem::replace(&mut self.relaying, true)
             }
             None => false,
-        };
-        (event, start_relay)
+        }
     }
 
     /// Takes what the relay is to send next, with the channel and the sinks to send it to.

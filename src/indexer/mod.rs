@@ -150,7 +150,7 @@ impl Indexer {
                         message: Some(results::summary(&results)),
                         ..ProgressUpdate::default()
                     };
-                    if let Err(error) = hub.progress(&id, summary) {
+                    if let Err(error) = hub.report(&id, summary).await {
                         tracing::debug!(task_id = %id, %error, "final message not set");
                     }
                     Outcome::Completed {

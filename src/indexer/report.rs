@@ -127,7 +127,7 @@ impl HubReporter {
             message: Some(stage.message().to_string()),
             detail: Some(detail),
         };
-        match self.hub.progress(&self.task_id, update) {
+        match self.hub.report_blocking(&self.task_id, update) {
             Ok(_) => {
                 self.last_sent = Some((stage, p.clone()));
                 Ok(())

@@ -6,12 +6,14 @@
 //! it keeps the encode-once rule all the way to disk.
 
 mod memory;
+pub mod redis;
 mod sqlite;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 pub use sqlite::{SqliteStore, FILE_NAME as SQLITE_FILE_NAME};
 
 use crate::hub::{Event, TaskId};

@@ -20,6 +20,7 @@ mod page;
 mod poll;
 mod promises;
 mod quick_lane;
+mod redis;
 mod relay;
 mod security;
 mod shutdown;

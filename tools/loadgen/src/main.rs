@@ -33,6 +33,11 @@ struct Args {
     /// Server address (loopback).
     #[arg(long, default_value = "127.0.0.1:8080")]
     server: SocketAddr,
+    /// Servers the subscribers connect to instead of `--server`, spread evenly
+    /// (repeatable): the publisher stays on `--server`. For several nodes sharing tasks,
+    /// and for Nchan instances sharing one Redis.
+    #[arg(long = "subscribe-server")]
+    subscribe_servers: Vec<SocketAddr>,
     /// Which publish API and subscribe path to use.
     #[arg(long, value_enum, default_value = "hub")]
     target: Target,
@@ -174,6 +179,7 @@ async fn drive(args: Args) -> std::io::Result<Value> {
     let worker_count = args
         .workers
         .unwrap_or(args.subs.div_ceil(MAX_SUBS_PER_WORKER))
+        .max(args.subscribe_servers.len())
         .max(1);
     let path = args.target.subscribe_path(&channel, args.ws);
     let connecting = Instant::now();
@@ -322,10 +328,15 @@ fn spawn_worker(
     subs: usize,
     first_source: usize,
 ) -> std::io::Result<Worker> {
+    // Workers take the subscribe servers in turn.
+    let server = match args.subscribe_servers.len() {
+        0 => args.server,
+        n => args.subscribe_servers[first_source % n],
+    };
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("--worker")
-        .args(["--server", &args.server.to_string()])
+        .args(["--server", &server.to_string()])
         .args(["--path", path])
         .args(["--subs", &subs.to_string()])
         .args(["--sources", &args.sources.to_string()])
