@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Side-by-side load test: progress-hub (coalescing off, and the default 50 ms) against
-# Nchan (nginx), same load tool, same run, same machine. Prints one table with both
-# columns and the ratio; raw JSON results stay in the work directory it names.
+# Side-by-side load test: progress-hub (coalescing off, the same with --fast-paths off,
+# and the default 50 ms window) against Nchan (nginx), same load tools, same run, same
+# machine. Prints one table with every column and the ratios to Nchan; raw JSON results
+# stay in the work directory it names.
 #
-#   bench/compare.sh            full run (~15 minutes)
-#   bench/compare.sh --quick    small N, short durations: a smoke run (~2 minutes)
+# Every fan-out scenario runs with the load tool in two client modes:
+#   plain  one worker process, no nice value, no yields: clients that do not cooperate
+#   coop   the publisher at nice -5, the workers yielding their core every 256 reads
+#          (how the figures before issue 20 were measured; docs/design/load-tool.md)
+# and sse-1k-100 once more with a second, independent client (bench/sse_client.py).
+#
+#   bench/compare.sh            full run (~30 minutes)
+#   bench/compare.sh --quick    small N, short durations: a smoke run (~4 minutes)
 #   bench/compare.sh --only "sse-10k-100 idle"   some scenarios only
-#   LOADGEN_ARGS="--worker-yield 0" bench/compare.sh ...   extra load tool arguments
+#   MODES=plain bench/compare.sh ...   one client mode only
+#   LOADGEN_ARGS="..." bench/compare.sh ...   extra load tool arguments for every run
 #   PROFILE=profiling bench/compare.sh ...   build with line tables, to `perf record -p` the
 #                                            server during a run (same code as release)
 #
@@ -34,6 +42,8 @@ BASE="${BENCH_PORT_BASE:-18180}"
 HUB0_PORT=$BASE              # --coalesce-ms 0: every update is an event (raw fan-out)
 HUB50_PORT=$((BASE + 1))     # the default coalescing window
 NCHAN_PORT=$((BASE + 2))
+HUBOFF_PORT=$((BASE + 3))    # --coalesce-ms 0 --fast-paths off: everything through hyper
+MODES="${MODES:-plain coop}"
 PROFILE="${PROFILE:-release}"
 HUB_BIN="$ROOT/target/$PROFILE/progress-hub"
 LOADGEN="$ROOT/target/$PROFILE/loadgen"
@@ -84,15 +94,18 @@ wait_port() {
     return 1
 }
 
-start_hub() { # name port coalesce_ms
+start_hub() { # name port coalesce_ms [flags...]
     # The subscriber limits (1,000 per task, 10,000 in all by default) are raised to
     # what the scenarios open; everything else is the default configuration.
-    "$HUB_BIN" --listen "127.0.0.1:$2" --coalesce-ms "$3" --data-dir "$WORK/data-$1" \
-        --max-subscribers-per-task 100000 --max-subscribers 100000 \
-        >"$WORK/$1.log" 2>&1 &
-    PID[$1]=$!
-    wait_port "$2"
+    local name="$1" port="$2" coalesce="$3"; shift 3
+    "$HUB_BIN" --listen "127.0.0.1:$port" --coalesce-ms "$coalesce" --data-dir "$WORK/data-$name" \
+        --max-subscribers-per-task 100000 --max-subscribers 100000 "$@" \
+        >"$WORK/$name.log" 2>&1 &
+    PID[$name]=$!
+    wait_port "$port"
 }
+
+start_hub_off() { start_hub hub0off "$HUBOFF_PORT" 0 --fast-paths off; }
 
 write_nginx_conf() { # poll body
     mkdir -p "$WORK/nginx"
@@ -140,49 +153,72 @@ server_pids() { # name: the process and its children (nginx workers)
     echo "$pid" $(pgrep -P "$pid" || true)
 }
 
-start_all() {
-    start_hub hub0 "$HUB0_PORT" 0
-    start_hub hub50 "$HUB50_PORT" 50
-    start_nchan
+port_of() {
+    case "$1" in
+        hub0) echo "$HUB0_PORT" ;; hub50) echo "$HUB50_PORT" ;;
+        hub0off) echo "$HUBOFF_PORT" ;; nchan) echo "$NCHAN_PORT" ;;
+    esac
 }
 
-port_of() {
-    case "$1" in hub0) echo "$HUB0_PORT" ;; hub50) echo "$HUB50_PORT" ;; nchan) echo "$NCHAN_PORT" ;; esac
+mode_args() { # mode: the load tool's arguments for that client mode
+    case "$1" in
+        plain) echo "--worker-yield 0" ;;
+        # The publishing thread at nice -5 (root only; otherwise it says so and goes on)
+        # and the workers offering their core every 256 reads: the tool cooperates with
+        # whichever server it measures, as real clients do not.
+        coop) echo "--publisher-nice=-5 --worker-yield 256" ;;
+    esac
 }
 
 # --- scenarios -----------------------------------------------------------------------
 wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
-load() { # scenario target [loadgen args...]
-    local scenario="$1" target="$2"; shift 2
-    local kind=hub pids=()
+load() { # scenario mode target [loadgen args...]
+    local scenario="$1" mode="$2" target="$3"; shift 3
+    local kind=hub pids=() out="$RESULTS/$scenario.$mode.$target"
     [ "$target" = nchan ] && kind=nchan
     for p in $(server_pids "$target"); do pids+=(--server-pid "$p"); done
-    log "$scenario on $target"
-    # The publishing thread at nice -5 (root only; otherwise it says so and goes on): the
-    # ack measured is then the server's, less the tool's own wait for a core. Same for
-    # every server; the tool's subscriber workers keep nice 0 and offer their core every
-    # 256 reads (loadgen's --worker-yield). LOADGEN_ARGS adds arguments to every run
-    # (for example LOADGEN_ARGS="--worker-yield 0").
-    # shellcheck disable=SC2086 # LOADGEN_ARGS is a list of arguments
+    log "$scenario ($mode) on $target"
+    # shellcheck disable=SC2086 # mode_args and LOADGEN_ARGS are lists of arguments
     "$LOADGEN" --server "127.0.0.1:$(port_of "$target")" --target "$kind" \
-        --publisher-nice=-5 ${LOADGEN_ARGS:-} \
-        --label "$scenario" "${pids[@]}" "$@" 2>"$RESULTS/$scenario.$target.log" \
-        | tail -n 1 >"$RESULTS/$scenario.$target.json" || true
-    tail -n 3 "$RESULTS/$scenario.$target.log" >&2
+        $(mode_args "$mode") ${LOADGEN_ARGS:-} \
+        --label "$scenario" "${pids[@]}" "$@" 2>"$out.log" | tail -n 1 >"$out.json" || true
+    tail -n 3 "$out.log" >&2
 }
 
-fanout() { # scenario targets loadgen-args...
+fanout() { # scenario targets loadgen-args...: every client mode, every target
     local scenario="$1" targets="$2"; shift 2
     wanted "$scenario" || return 0
-    for target in $targets; do load "$scenario" "$target" "$@"; done
+    local workers
+    for mode in $MODES; do
+        # One worker process in the plain mode (loadgen's default below 18,000
+        # subscribers, said explicitly here).
+        workers=(); [ "$mode" = plain ] && workers=(--workers 1)
+        for target in $targets; do load "$scenario" "$mode" "$target" "${workers[@]}" "$@"; done
+    done
+}
+
+second_client() { # scenario targets sse_client-args...: bench/sse_client.py
+    local scenario="$1" targets="$2"; shift 2
+    wanted "$scenario" || return 0
+    for target in $targets; do
+        local kind=hub pids=() out="$RESULTS/$scenario.py.$target"
+        [ "$target" = nchan ] && kind=nchan
+        for p in $(server_pids "$target"); do pids+=(--server-pid "$p"); done
+        log "$scenario (sse_client.py) on $target"
+        python3 "$ROOT/bench/sse_client.py" --server "127.0.0.1:$(port_of "$target")" \
+            --target "$kind" --label "$scenario" "${pids[@]}" "$@" 2>"$out.log" \
+            | tail -n 1 >"$out.json" || true
+        tail -n 2 "$out.log" >&2
+    done
 }
 
 log "work directory $WORK"
 # The polling task must exist before nginx starts, so nginx can answer the same body.
 start_hub hub0 "$HUB0_PORT" 0
 start_hub hub50 "$HUB50_PORT" 50
-for port in "$HUB0_PORT" "$HUB50_PORT"; do
+start_hub_off
+for port in "$HUB0_PORT" "$HUB50_PORT" "$HUBOFF_PORT"; do
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$port/api/tasks" \
         -H 'Content-Type: application/json' -d '{"id":"poll-bench","name":"docs","total":20}'
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$port/api/tasks/poll-bench/progress" \
@@ -192,26 +228,27 @@ POLL_BODY="$(curl -sf "http://127.0.0.1:$HUB0_PORT/api/index-progress/poll-bench
 write_nginx_conf "$POLL_BODY"
 start_nchan
 
-ALL="nchan hub0 hub50"
+ALL="nchan hub0 hub0off hub50"
 fanout sse-1k-10 "$ALL" --subs "$N1K" --rate 10 --duration "$DUR"
 fanout sse-1k-100 "$ALL" --subs "$N1K" --rate 100 --duration "$DUR"
+second_client sse-1k-100 "nchan hub0 hub0off" --subs "$N1K" --rate 100 --duration "$DUR"
 fanout sse-10k-10 "$ALL" --subs "$N10K" --rate 10 --duration "$DUR"
 fanout sse-10k-100 "$ALL" --subs "$N10K" --rate 100 --duration "$DUR"
 fanout sse-10k-max "$ALL" --subs "$N10K" --rate 0 --duration "$DUR"
 fanout ws-10k-100 "$ALL" --ws --subs "$N10K" --rate 100 --duration "$DUR"
 # Slow subscribers: the same flat-out publisher with 1,000 readers, then with 1,000
 # subscribers that stop reading (1 KiB events fill their 4 KiB receive buffers at once).
-fanout sse-1k-max "nchan hub0" --subs "$N1K" --rate 0 --duration "$DUR" --payload-bytes 1024
-fanout stall-1k-max "nchan hub0" --subs "$N1K" --rate 0 --duration "$DUR" --payload-bytes 1024 --stall
+fanout sse-1k-max "nchan hub0 hub0off" --subs "$N1K" --rate 0 --duration "$DUR" --payload-bytes 1024
+fanout stall-1k-max "nchan hub0 hub0off" --subs "$N1K" --rate 0 --duration "$DUR" --payload-bytes 1024 --stall
 
 if wanted poll; then
-    for target in nchan hub0; do
+    for target in nchan hub0 hub0off; do
         path=/api/index-progress/poll-bench
         [ "$target" = nchan ] && path=/poll
         log "poll on $target"
         cpu_before=$(cpu_ticks $(server_pids "$target"))
         wrk -t 1 -c 64 -d "${WRK_SECS}s" --latency "http://127.0.0.1:$(port_of "$target")$path" \
-            >"$RESULTS/poll.$target.log" 2>&1 || true
+            >"$RESULTS/poll.plain.$target.log" 2>&1 || true
         cpu=$(( $(cpu_ticks $(server_pids "$target")) - cpu_before ))
         awk -v t="$target" -v cpu="$cpu" '
             /Requests\/sec/ { rps = $2 }
@@ -219,18 +256,20 @@ if wanted poll; then
             / requests in / { n = $1 }
             /Non-2xx/ { bad = $NF }
             END { printf "{\"label\":\"poll\",\"target\":\"%s\",\"requests\":%d,\"rps\":%s,\"p99\":\"%s\",\"non2xx\":%d,\"server_cpu_secs\":%.2f,\"requests_per_cpu_sec\":%d}\n", t, n, rps, p99, bad, cpu / 100, (cpu > 0 ? n * 100 / cpu : 0) }
-        ' "$RESULTS/poll.$target.log" >"$RESULTS/poll.$target.json"
-        tail -n 2 "$RESULTS/poll.$target.log" >&2
+        ' "$RESULTS/poll.plain.$target.log" >"$RESULTS/poll.plain.$target.json"
+        tail -n 2 "$RESULTS/poll.plain.$target.log" >&2
     done
 fi
 
 if wanted idle; then
     # Memory per connection from a freshly started server, one loadgen driver with as
-    # many worker processes as the subscribers need.
-    for target in nchan hub0; do
+    # many worker processes as the subscribers need (one holds at most 18,000 sockets).
+    for target in nchan hub0 hub0off; do
         stop "$target"
-        if [ "$target" = nchan ]; then start_nchan; else start_hub hub0 "$HUB0_PORT" 0; fi
-        load idle "$target" --subs "$NIDLE" --workers 2 --rate 0 --duration 0 --settle-ms 2000
+        case "$target" in
+            nchan) start_nchan ;; hub0) start_hub hub0 "$HUB0_PORT" 0 ;; hub0off) start_hub_off ;;
+        esac
+        load idle plain "$target" --subs "$NIDLE" --workers 2 --rate 0 --duration 0 --settle-ms 2000
     done
 fi
 

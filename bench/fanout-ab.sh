@@ -12,7 +12,8 @@
 # A load tool A/B: LOADGENS="/tmp/old/loadgen target/release/loadgen" with one server
 # binary. The coalescing window: COALESCE_MS=50 (default 0); other server flags:
 # HUB_FLAGS="...". Builds with `cargo build --release` first. Everything listens on
-# 127.0.0.1; every run is bounded by loadgen.
+# 127.0.0.1; every run is bounded by loadgen. The load tool runs in its plain mode (no
+# nice, no yields) unless the loadgen arguments say otherwise.
 set -u
 if [ $# -lt 3 ]; then
     echo "usage: $0 ROUNDS SERVER-BIN... -- LOADGEN-ARGS..." >&2
@@ -43,7 +44,7 @@ for round in $(seq "$ROUNDS"); do
                 curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz" && break
                 sleep 0.1
             done
-            result=$("$tool" --server "127.0.0.1:$PORT" --target hub --publisher-nice=-5 \
+            result=$("$tool" --server "127.0.0.1:$PORT" --target hub \
                 --server-pid "$HUB" "$@" 2>>"$W/loadgen.log" | tail -n 1)
             kill "$HUB" 2>/dev/null
             wait "$HUB" 2>/dev/null

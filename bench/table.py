@@ -1,6 +1,7 @@
-"""Renders bench/compare.sh results (one JSON file per scenario and server) as one
-Markdown table: Nchan, progress-hub with coalescing off, their ratio, and progress-hub
-with the default 50 ms window. Usage: python3 bench/table.py RESULTS_DIR"""
+"""Renders bench/compare.sh results (one JSON file per scenario, client mode and server) as
+one Markdown table: Nchan, progress-hub with coalescing off, their ratio, the same with
+--fast-paths off and its ratio, and progress-hub with the default 50 ms window. Usage:
+python3 bench/table.py RESULTS_DIR"""
 
 import json
 import pathlib
@@ -68,27 +69,40 @@ def ratio(hub, nchan):
     return f"{h / n:.2f}"
 
 
+# Client modes in the order they are shown: loadgen plain and cooperative, then the
+# second client (bench/sse_client.py).
+MODES = ["plain", "coop", "py"]
+MODE_NAMES = {"plain": "loadgen, plain", "coop": "loadgen, coop", "py": "sse_client.py"}
+TARGETS = ("nchan", "hub0", "hub0off", "hub50")
+
+
 def main(directory):
     results = {}
     for path in pathlib.Path(directory).glob("*.json"):
-        scenario, target = path.stem.rsplit(".", 1)
+        scenario, mode, target = path.stem.rsplit(".", 2)
         try:
-            results[(scenario, target)] = json.loads(path.read_text() or "{}")
+            results[(scenario, mode, target)] = json.loads(path.read_text() or "{}")
         except json.JSONDecodeError:
-            results[(scenario, target)] = {}
-    print("| scenario | metric | Nchan | progress-hub (coalesce 0) | hub / Nchan | progress-hub (coalesce 50 ms) |")
-    print("|---|---|---:|---:|---:|---:|")
+            results[(scenario, mode, target)] = {}
+    print(
+        "| scenario | client | metric | Nchan | progress-hub (coalesce 0) | ratio "
+        "| fast paths off | ratio | progress-hub (coalesce 50 ms) |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for scenario in ORDER:
-        if not any(s == scenario for s, _ in results):
-            continue
-        metrics = IDLE if scenario == "idle" else POLL if scenario == "poll" else FANOUT
-        for key, label, better in metrics:
-            cells = [results.get((scenario, t), {}).get(key) for t in ("nchan", "hub0", "hub50")]
-            arrow = "higher is better" if better == "up" else "lower is better"
-            print(
-                f"| {scenario} | {label} ({arrow}) | {fmt(cells[0])} | {fmt(cells[1])} "
-                f"| {ratio(cells[1], cells[0])} | {fmt(cells[2])} |"
-            )
+        for mode in MODES:
+            if not any(s == scenario and m == mode for s, m, _ in results):
+                continue
+            metrics = IDLE if scenario == "idle" else POLL if scenario == "poll" else FANOUT
+            client = "wrk" if scenario == "poll" else MODE_NAMES[mode]
+            for key, label, better in metrics:
+                cells = [results.get((scenario, mode, t), {}).get(key) for t in TARGETS]
+                arrow = "higher is better" if better == "up" else "lower is better"
+                print(
+                    f"| {scenario} | {client} | {label} ({arrow}) | {fmt(cells[0])} "
+                    f"| {fmt(cells[1])} | {ratio(cells[1], cells[0])} "
+                    f"| {fmt(cells[2])} | {ratio(cells[2], cells[0])} | {fmt(cells[3])} |"
+                )
 
 
 if __name__ == "__main__":

@@ -162,7 +162,6 @@ impl FanOut {
         let built = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("fan-out")
-            .on_thread_start(lower_priority)
             .enable_all()
             .build();
         match built {
@@ -178,24 +177,6 @@ impl FanOut {
                 }
             }
         }
-    }
-}
-
-/// How much lower the fan-out threads' CPU priority is than the rest of the server's
-/// (a nice value; 5 gives them about a third of the weight of a thread at 0). Fan-out is
-/// bulk work that can saturate every core: with 10,000 subscribers at 100 events/s, a
-/// producer's request or a poll otherwise waits for a core behind it. A third rather
-/// than a tenth (nice 10): the fan-out must still keep up beside an indexing job's
-/// threads. Other processes are not affected. What it measured, and why scheduling
-/// settings like this one are to go: docs/design/scheduling-experiments.md.
-const FAN_OUT_NICE: i32 = 5;
-
-/// Runs on each fan-out thread as it starts. On Linux the nice value is a per-thread
-/// setting, and raising it needs no privilege.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(error) = rustix::process::setpriority_process(None, FAN_OUT_NICE) {
-        tracing::debug!(%error, "cannot lower the fan-out threads' priority");
     }
 }
 
@@ -841,14 +822,6 @@ async fn deliver_to_sinks(
 /// ([`crate::transport::handoff::MAX_BATCH`]).
 const CATCH_UP_MAX: usize = 16;
 
-/// Writes after which a relay gives up its core (`sched_yield`) to any thread waiting for
-/// it. A producer's request or a poll woken on that core then waits for at most this many
-/// writes (about 0.5 ms), not for the rest of the fan-out thread's time slice, which the
-/// scheduler protects even from a thread of higher priority. When nothing waits, the call
-/// returns at once. What it bought, and why it is to be replaced by design rather than
-/// scheduling: docs/design/scheduling-experiments.md.
-const YIELD_CORE_EVERY: usize = 64;
-
 /// Delivers to `sinks[range]`. A round over thousands of sinks takes milliseconds, and
 /// what is published meanwhile would wait for the next round: every so often the
 /// sinks still to come get those newer events too, in the same write (the next round
@@ -863,9 +836,6 @@ async fn deliver_range(
     let mut events = std::borrow::Cow::Borrowed(events);
     for (n, sink) in sinks[range].iter().enumerate() {
         sink.deliver(&events);
-        if n % YIELD_CORE_EVERY == YIELD_CORE_EVERY - 1 {
-            std::thread::yield_now();
-        }
         if n % SINKS_PER_JOB == SINKS_PER_JOB - 1 {
             tokio::task::yield_now().await;
             let newest = events.last().map_or(0, Event::seq);

@@ -402,29 +402,6 @@ async fn all_stream_ids_keep_rising_across_a_restart() {
     assert!(after < (1 << 53), "ids stay exact in JavaScript");
 }
 
-/// The hub's own fan-out threads run at a lower CPU priority than the rest of the process,
-/// so that producers' requests do not wait for a core behind the fan-out.
-#[cfg(target_os = "linux")]
-#[tokio::test]
-async fn fan_out_threads_run_at_a_lower_priority_than_the_rest() {
-    let config = HubConfig {
-        fan_out_threads: 1,
-        ..HubConfig::default()
-    };
-    let hub = Hub::new(config, Arc::new(MemoryStore::new(4))).unwrap();
-    let fan_out = hub.fan_out().expect("the hub runs its own fan-out runtime");
-    let there = fan_out
-        .spawn(async { rustix::process::getpriority_process(None).unwrap() })
-        .await
-        .unwrap();
-    let here = rustix::process::getpriority_process(None).unwrap();
-    assert!(
-        here < there,
-        "fan-out nice {there}, test thread nice {here}"
-    );
-    assert!(there >= super::FAN_OUT_NICE, "fan-out nice {there}");
-}
-
 /// A sink that keeps what it is given, dropping what it already has, as sinks must.
 #[derive(Default)]
 struct Recorder {

@@ -80,18 +80,16 @@ struct Args {
     /// Milliseconds to let the server settle before reading its RSS with everyone connected.
     #[arg(long, default_value_t = 500)]
     settle_ms: u64,
-    /// Nice value for the publishing thread once the subscribers are connected (negative
-    /// needs root). The workers reading thousands of sockets compete with the server and
-    /// with the publisher for the same cores; without this, the acknowledgement measured
-    /// includes the publisher's own wait for a core. The workers keep their priority.
+    /// Cooperative mode only: a nice value for the publishing thread once the subscribers
+    /// are connected (negative needs root), so that the acknowledgement measured leaves out
+    /// the publisher's own wait for a core. Real clients do nothing of the kind; the plain
+    /// mode (the default) leaves it out (docs/design/load-tool.md).
     #[arg(long, allow_hyphen_values = true)]
     publisher_nice: Option<i32>,
-    /// Reads after which a worker gives up its core to whatever else waits for it
-    /// (`sched_yield`; 0: never). The workers stand in for clients on other machines;
-    /// sharing the server's cores, a worker otherwise reads on for its whole time slice
-    /// while a server thread woken on its core waits (docs/design/load-tool.md). Real
-    /// clients do not cooperate like this: 0 is the plain mode.
-    #[arg(long, default_value_t = 256)]
+    /// Cooperative mode only: reads after which a worker offers its core to whatever else
+    /// waits for it (`sched_yield`). 0, the default, never: real clients do not cooperate
+    /// with the server they read (docs/design/load-tool.md).
+    #[arg(long, default_value_t = 0)]
     worker_yield: u32,
     /// A name for the run, copied into the summary.
     #[arg(long, default_value = "")]
