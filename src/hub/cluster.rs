@@ -72,6 +72,9 @@ const MAX_CONFLICTS: usize = 16;
 /// anything.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
+/// The most creations a node remembers as sent without a known outcome.
+const MAX_UNCONFIRMED_CREATES: usize = 10_000;
+
 fn unavailable(why: &str) -> HubError {
     HubError::Store(StoreError::Unavailable(why.to_string()))
 }
@@ -208,7 +211,7 @@ impl Hub {
         self.admit_write()?;
         let id = new.id.unwrap_or_else(TaskId::generate);
         if self.read_map().contains_key(&id) {
-            return Err(HubError::AlreadyExists);
+            return self.retried_create(&id);
         }
         let mut snapshot = Snapshot::new(id.clone(), new.name, new.total, time::now_ms());
         snapshot.seq = 1;
@@ -219,14 +222,64 @@ impl Hub {
             base_seq: None,
             job_lease: snapshot.job.is_some(),
         };
-        match log.append(append).await? {
+        let appended = match log.append(append).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                // The log may have taken it all the same (an answer lost to a timeout or
+                // a dropped connection): let the producer's retry find it.
+                self.remember_unconfirmed_create(&id);
+                return Err(error.into());
+            }
+        };
+        match appended {
             Appended::Done => {
                 self.await_applied(&id, 1).await;
                 Ok(event)
             }
-            Appended::Exists | Appended::Conflict(_) => Err(HubError::AlreadyExists),
+            Appended::Exists | Appended::Conflict(_) => {
+                self.await_applied(&id, 1).await;
+                self.retried_create(&id)
+            }
             Appended::Missing => Err(unavailable("the shared store is resyncing")),
         }
+    }
+
+    /// A creation of a task that exists: answered as created when this node sent that
+    /// creation without learning its outcome and nothing has changed the task since
+    /// (as [`Hub::create`] does for a creation the store did not confirm); else `409`.
+    fn retried_create(&self, id: &TaskId) -> Result<Event, HubError> {
+        let mut unconfirmed = self
+            .shared
+            .unconfirmed_creates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !unconfirmed.contains(id) {
+            return Err(HubError::AlreadyExists);
+        }
+        let published = self
+            .read_map()
+            .get(id)
+            .map(|cell| cell.lock().published.clone());
+        match published {
+            Some(event) if event.seq() == 1 => {
+                unconfirmed.remove(id);
+                Ok(event)
+            }
+            _ => Err(HubError::AlreadyExists),
+        }
+    }
+
+    fn remember_unconfirmed_create(&self, id: &TaskId) {
+        let mut unconfirmed = self
+            .shared
+            .unconfirmed_creates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Bounded: a producer retries within seconds, not after thousands of failures.
+        if unconfirmed.len() >= MAX_UNCONFIRMED_CREATES {
+            unconfirmed.clear();
+        }
+        unconfirmed.insert(id.clone());
     }
 
     /// A progress report through the shared log. Returns the task's new state as JSON.

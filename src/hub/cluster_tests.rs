@@ -14,6 +14,8 @@ use crate::store::MemoryStore;
 struct FakeLog {
     tasks: Mutex<HashMap<TaskId, Event>>,
     deliver_to: Mutex<Vec<Hub>>,
+    /// Takes appends but answers with an error, as a Redis whose answer was lost.
+    lose_answers: std::sync::atomic::AtomicBool,
 }
 
 impl SharedLog for FakeLog {
@@ -38,6 +40,10 @@ impl SharedLog for FakeLog {
                 let (event, snapshot) = Event::decode(append.event.json()).unwrap();
                 hub.apply(event, snapshot);
             }
+        }
+        if self.lose_answers.load(std::sync::atomic::Ordering::SeqCst) {
+            let lost = StoreError::Unavailable("the answer was lost".to_string());
+            return Box::pin(async move { Err(lost) });
         }
         Box::pin(async move { Ok(answer) })
     }
@@ -178,4 +184,53 @@ async fn a_write_from_a_stale_node_is_computed_again_on_the_newest_snapshot() {
         Err(HubError::Finished(Status::Cancelled))
     ));
     assert_eq!(a.get(&id("c")).unwrap().seq(), 4);
+}
+
+#[tokio::test]
+async fn a_creation_whose_answer_was_lost_is_answered_again_on_retry() {
+    let log = Arc::new(FakeLog::default());
+    let (a, b) = (node(&log), node(&log));
+    log.deliver_to
+        .lock()
+        .unwrap()
+        .extend([a.clone(), b.clone()]);
+    let new = |name: &str| NewTask {
+        id: Some(id(name)),
+        total: 4,
+        ..Default::default()
+    };
+
+    log.lose_answers.store(true, Ordering::SeqCst);
+    let lost = a.create_clustered(new("lost")).await;
+    assert!(matches!(lost, Err(HubError::Store(_))), "{lost:?}");
+    log.lose_answers.store(false, Ordering::SeqCst);
+    // The log took it: the producer's retry on the same node is a creation...
+    let retried = a.create_clustered(new("lost")).await.unwrap();
+    assert_eq!((retried.task_id(), retried.seq()), (&id("lost"), 1));
+    // ...once; another node never sent it, and a new creation of it is a conflict.
+    assert!(matches!(
+        b.create_clustered(new("lost")).await,
+        Err(HubError::AlreadyExists)
+    ));
+    assert!(matches!(
+        a.create_clustered(new("lost")).await,
+        Err(HubError::AlreadyExists)
+    ));
+
+    // A task that moved on since is not created again.
+    log.lose_answers.store(true, Ordering::SeqCst);
+    assert!(a.create_clustered(new("moved")).await.is_err());
+    log.lose_answers.store(false, Ordering::SeqCst);
+    a.report(&id("moved"), processed(1)).await.unwrap();
+    assert!(matches!(
+        a.create_clustered(new("moved")).await,
+        Err(HubError::AlreadyExists)
+    ));
+
+    // Without a lost answer, an existing task is a conflict as always.
+    a.create_clustered(new("plain")).await.unwrap();
+    assert!(matches!(
+        a.create_clustered(new("plain")).await,
+        Err(HubError::AlreadyExists)
+    ));
 }

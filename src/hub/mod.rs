@@ -141,6 +141,10 @@ struct Shared {
     log: std::sync::OnceLock<Arc<dyn SharedLog>>,
     /// Woken whenever [`Hub::apply`] brings a change, for writers waiting to see theirs.
     applied: tokio::sync::Notify,
+    /// Tasks whose creation this node sent to the shared log without learning whether
+    /// the log took it (see [`cluster`]): the producer's retry of that creation is
+    /// answered as a creation, not `409`.
+    unconfirmed_creates: std::sync::Mutex<std::collections::HashSet<TaskId>>,
 }
 
 /// The runtime streams run on: the hub's own, or the one it was built on.
@@ -208,6 +212,7 @@ impl Hub {
             fan_out: FanOut::new(config.fan_out_threads),
             log: std::sync::OnceLock::new(),
             applied: tokio::sync::Notify::new(),
+            unconfirmed_creates: Default::default(),
             store,
             config,
         });
