@@ -52,6 +52,19 @@ pub struct ServerArgs {
     pub ca_cert: Option<std::path::PathBuf>,
 }
 
+impl ServerArgs {
+    /// The server these arguments name; a wrong one is printed and becomes the usage
+    /// exit code.
+    pub fn server(&self) -> Result<client::Server, std::process::ExitCode> {
+        client::Server::new(&self.server, self.token.clone(), self.ca_cert.as_deref()).map_err(
+            |error| {
+                eprintln!("progress-hub: {error}");
+                std::process::ExitCode::from(exit::USAGE)
+            },
+        )
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct WatchArgs {
     /// The task to follow.

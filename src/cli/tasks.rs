@@ -6,20 +6,13 @@ use std::process::ExitCode;
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use super::client::{self, Server};
+use super::client;
 use super::{exit, TasksArgs};
 
 pub async fn run(args: TasksArgs) -> ExitCode {
-    let server = match Server::new(
-        &args.remote.server,
-        args.remote.token,
-        args.remote.ca_cert.as_deref(),
-    ) {
+    let server = match args.remote.server() {
         Ok(server) => server,
-        Err(error) => {
-            eprintln!("progress-hub: {error}");
-            return ExitCode::from(exit::USAGE);
-        }
+        Err(code) => return code,
     };
     let mut query = vec![format!("limit={}", args.limit)];
     if let Some(status) = &args.status {

@@ -53,16 +53,9 @@ enum Attempt {
 }
 
 pub async fn run(args: WatchArgs) -> ExitCode {
-    let server = match Server::new(
-        &args.remote.server,
-        args.remote.token,
-        args.remote.ca_cert.as_deref(),
-    ) {
+    let server = match args.remote.server() {
         Ok(server) => server,
-        Err(error) => {
-            eprintln!("progress-hub: {error}");
-            return ExitCode::from(exit::USAGE);
-        }
+        Err(code) => return code,
     };
     if TaskId::parse(&args.id).is_err() {
         eprintln!("progress-hub: invalid task id {:?}", args.id);
