@@ -106,20 +106,28 @@ impl AllTasks {
         stats: Arc<Stats>,
     ) -> AllSubscription {
         let st = self.lock();
-        let last = last_event_id.filter(|&n| n <= st.last_id);
-        let backlog = match last {
-            Some(n) if st.history.front().is_some_and(|e| e.id() <= n + 1) || n == st.last_id => {
+        let (backlog, last) = match last_event_id {
+            Some(n)
+                if n <= st.last_id
+                    && (st.history.front().is_some_and(|e| e.id() <= n + 1) || n == st.last_id) =>
+            {
                 stats.replays.fetch_add(1, Ordering::Relaxed);
-                st.history.iter().filter(|e| e.id() > n).cloned().collect()
+                let replay = st.history.iter().filter(|e| e.id() > n).cloned().collect();
+                (replay, n)
             }
-            Some(n) => resync(&st, n, true),
-            None => resync(&st, 0, false),
+            Some(n) if n <= st.last_id => (resync(&st, n, true), n),
+            // An id this server never gave: another node's (each counts its own), or one
+            // from a clock that ran ahead. Nothing here can be placed after it, so the
+            // client gets the newest event of every task, finished ones too: one it was
+            // following may have ended meanwhile.
+            Some(_) => (resync(&st, 0, true), 0),
+            None => (resync(&st, 0, false), 0),
         };
         AllSubscription {
             all: Arc::clone(self),
             backlog,
             rx: st.tx.subscribe(),
-            last_id: last.unwrap_or(0),
+            last_id: last,
             stats,
         }
     }

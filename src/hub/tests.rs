@@ -308,6 +308,28 @@ async fn the_all_tasks_stream_resumes_and_resyncs() {
 }
 
 #[tokio::test]
+async fn an_all_tasks_id_this_server_never_gave_resyncs_every_task_finished_ones_too() {
+    let hub = hub_with(0, 16);
+    let a = task(&hub, "a");
+    let b = task(&hub, "b");
+    let newest = hub.subscribe_all(None).next().await.id();
+    let end = hub.finish(&b, Outcome::Cancelled).await.unwrap();
+    // A dashboard that followed another node (whose ids ran ahead of this server's) and
+    // last saw `b` running must learn that it ended, and where `a` stands.
+    let mut moved = hub.subscribe_all(Some(newest + 1_000_000));
+    let mut got = Vec::new();
+    while let Some(e) = moved.try_next() {
+        got.push((e.event().task_id().clone(), e.event().seq()));
+    }
+    got.sort();
+    assert_eq!(got, [(a.clone(), 1), (b.clone(), end.seq())]);
+    // Then it follows live changes.
+    hub.progress(&a, processed(1)).unwrap();
+    let live = moved.next().await;
+    assert_eq!((live.event().task_id(), live.event().seq()), (&a, 2));
+}
+
+#[tokio::test]
 async fn a_rebuilt_hub_continues_seq_and_fails_interrupted_jobs() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(128));
     let config = HubConfig {
