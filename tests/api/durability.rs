@@ -170,6 +170,10 @@ pub(crate) fn server_command(data: &std::path::Path) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    // CI runs the suite a second time with the fast paths off: child servers too.
+    if let Ok(mode) = std::env::var("PROGRESS_HUB_FAST_PATHS") {
+        command.env("PROGRESS_HUB_FAST_PATHS", mode);
+    }
     command
 }
 
