@@ -133,6 +133,10 @@ impl Application {
         app.data_dir_lock = Some(lock);
         if let Some(redis) = &redis {
             app.state.hub.attach_log(redis.clone());
+            redis.attach_redis_metrics(app.state.metrics.redis());
+            if let Some(key) = &app.state.security.read_key {
+                redis.share_key(key.clone());
+            }
         }
         app.redis = redis;
         Ok(app)

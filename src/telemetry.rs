@@ -132,6 +132,11 @@ pub const TASKS: &str = "progress_hub_tasks";
 pub const LIMIT_REJECTIONS: &str = "progress_hub_limit_rejections_total";
 pub const STORE_WRITE_SECONDS: &str = "progress_hub_store_write_seconds";
 const STORE_UNWRITTEN: &str = "progress_hub_store_unwritten_events";
+pub const REDIS_READY: &str = "progress_hub_redis_ready";
+pub const REDIS_SUBSCRIPTION_LOSSES: &str = "progress_hub_redis_subscription_losses_total";
+pub const REDIS_STREAM_READS: &str = "progress_hub_redis_stream_events_read_total";
+pub const REDIS_WRITE_CONFLICTS: &str = "progress_hub_redis_write_conflicts_total";
+pub const REDIS_RESTORES: &str = "progress_hub_redis_restores_total";
 pub const PUBLISH_TO_DELIVER_SECONDS: &str = "progress_hub_publish_to_deliver_seconds";
 pub const HTTP_REQUESTS: &str = "progress_hub_http_requests_total";
 /// The `route` of requests that matched none (and of heads that were not HTTP).
@@ -302,6 +307,43 @@ impl Metrics {
     }
 
     /// The handle a store records its write latency into.
+    /// The metrics of a node on Redis (`--redis-url`), registered only then.
+    pub fn redis(&self) -> RedisMetrics {
+        let r = &self.recorder;
+        describe(
+            r,
+            REDIS_READY,
+            "1 while the node is subscribed to Redis and caught up (it takes writes), else 0.",
+        );
+        describe(
+            r,
+            REDIS_SUBSCRIPTION_LOSSES,
+            "Times the node lost its subscription (Redis away or restarted) and started over.",
+        );
+        describe(
+            r,
+            REDIS_STREAM_READS,
+            "Events read back from tasks' streams: catching up after (re)subscribing, or a gap the subscription left.",
+        );
+        describe(
+            r,
+            REDIS_WRITE_CONFLICTS,
+            "Writes that found another node had changed the task first, and were computed again.",
+        );
+        describe(
+            r,
+            REDIS_RESTORES,
+            "Times this node found Redis had lost its data and gave it back the tasks it holds.",
+        );
+        RedisMetrics {
+            ready: gauge(r, key(REDIS_READY, &[])),
+            subscription_losses: counter(r, key(REDIS_SUBSCRIPTION_LOSSES, &[])),
+            stream_reads: counter(r, key(REDIS_STREAM_READS, &[])),
+            write_conflicts: counter(r, key(REDIS_WRITE_CONFLICTS, &[])),
+            restores: counter(r, key(REDIS_RESTORES, &[])),
+        }
+    }
+
     pub fn store(&self) -> StoreMetrics {
         self.store.clone()
     }
@@ -379,6 +421,16 @@ impl StoreMetrics {
     pub fn record_write(&self, took: Duration) {
         self.write.record(took.as_secs_f64());
     }
+}
+
+/// What a node on Redis reports ([`Metrics::redis`]). Cheap to clone.
+#[derive(Clone)]
+pub struct RedisMetrics {
+    pub ready: Gauge,
+    pub subscription_losses: Counter,
+    pub stream_reads: Counter,
+    pub write_conflicts: Counter,
+    pub restores: Counter,
 }
 
 fn spawn_upkeep(metrics: Weak<Metrics>) {

@@ -41,7 +41,7 @@ pub enum SecurityError {
 pub struct Security {
     pub tokens: ApiTokens,
     /// Present with `--protect-reads`.
-    pub read_key: Option<ReadKey>,
+    pub read_key: Option<Arc<ReadKey>>,
     pub origins: Origins,
     /// The server listens on a loopback address only: requests must name a loopback
     /// host (see [`super::guard`]).
@@ -59,7 +59,7 @@ impl Security {
         let loaded = tokio::task::spawn_blocking(move || {
             let tokens = ApiTokens::load(token.as_deref(), file.as_deref())?;
             let key = if protect {
-                Some(ReadKey::load_or_create(&key_path)?)
+                Some(Arc::new(ReadKey::load_or_create(&key_path)?))
             } else {
                 None
             };

@@ -7,10 +7,13 @@
 //! The token is stateless: the first 128 bits of HMAC-SHA256 over the task id under a
 //! server secret, as hex. Nothing is stored per task, tokens survive restarts, and
 //! deleting the key file (`<data-dir>/read-token.key`, created on first start, readable
-//! only by its owner) revokes every token at once.
+//! only by its owner) revokes every token at once. Nodes sharing a Redis (`--redis-url`)
+//! share the key through it, so a token from one node is valid on all
+//! ([`ReadKey::adopt`]).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::{header, request::Parts, HeaderMap};
@@ -35,15 +38,64 @@ const KEY_BYTES: usize = 32;
 const TOKEN_HEX: usize = 32;
 
 pub struct ReadKey {
+    current: RwLock<Current>,
+    /// The file it was loaded from, rewritten when the key is replaced.
+    path: Option<PathBuf>,
+}
+
+struct Current {
     mac: Hmac<Sha256>,
+    hex: String,
+}
+
+impl Current {
+    fn new(key: &[u8]) -> Current {
+        // HMAC accepts keys of any length; this cannot fail.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        Current {
+            mac,
+            hex: encode_hex(key),
+        }
+    }
 }
 
 impl ReadKey {
     pub fn from_bytes(key: &[u8]) -> ReadKey {
-        // HMAC accepts keys of any length; this cannot fail.
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        ReadKey { mac }
+        ReadKey {
+            current: RwLock::new(Current::new(key)),
+            path: None,
+        }
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key as hex, as its file holds it (to share it with other nodes).
+    pub fn hex(&self) -> String {
+        self.current().hex.clone()
+    }
+
+    /// Replaces the key by the one the other nodes use (hex, as [`ReadKey::hex`] gives),
+    /// then rewrites the key file so that the node keeps it across restarts (an error
+    /// there leaves the new key in use). Tokens made under the old key stop being valid.
+    /// Blocking (a small file): call off the runtime.
+    pub fn adopt(&self, hex: &str) -> Result<(), SecurityError> {
+        let key = decode_hex(hex.trim())
+            .filter(|k| k.len() == KEY_BYTES)
+            .ok_or_else(|| SecurityError::ReadKey {
+                path: self.path.clone().unwrap_or_default(),
+                reason: format!("the shared key is not {} hex digits", KEY_BYTES * 2),
+            })?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Current::new(&key);
+        match &self.path {
+            Some(path) => write_private(path, &key).map_err(|e| SecurityError::ReadKey {
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Reads the key, or creates it (32 random bytes, hex, mode 0600) when it is missing.
@@ -60,7 +112,7 @@ impl ReadKey {
                     let key = decode_hex(text.trim())
                         .filter(|k| k.len() == KEY_BYTES)
                         .ok_or_else(|| fail(format!("expected {} hex digits", KEY_BYTES * 2)))?;
-                    return Ok(ReadKey::from_bytes(&key));
+                    return Ok(ReadKey::from_file(&key, path));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(fail(e.to_string())),
@@ -76,7 +128,7 @@ impl ReadKey {
                         .and_then(|()| file.sync_all())
                         .map_err(|e| fail(e.to_string()))?;
                     tracing::info!(path = %path.display(), "created the read-token key");
-                    return Ok(ReadKey::from_bytes(&key));
+                    return Ok(ReadKey::from_file(&key, path));
                 }
                 // Another process created it first: read theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -85,9 +137,16 @@ impl ReadKey {
         }
     }
 
+    fn from_file(key: &[u8], path: &Path) -> ReadKey {
+        ReadKey {
+            path: Some(path.to_path_buf()),
+            ..ReadKey::from_bytes(key)
+        }
+    }
+
     /// The read token of a task.
     pub fn token_for(&self, id: &TaskId) -> String {
-        let mut mac = self.mac.clone();
+        let mut mac = self.current().mac.clone();
         mac.update(DOMAIN);
         mac.update(id.as_bytes());
         encode_hex(&mac.finalize().into_bytes()[..TOKEN_HEX / 2])
@@ -114,6 +173,28 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
         .write(true)
         .create_new(true)
         .open(path)
+}
+
+/// Replaces the key file: a private file beside it, then renamed over it.
+impl crate::store::SharedKey for ReadKey {
+    fn hex(&self) -> String {
+        ReadKey::hex(self)
+    }
+
+    fn adopt(&self, hex: &str) -> Result<(), String> {
+        ReadKey::adopt(self, hex).map_err(|e| e.to_string())
+    }
+}
+
+fn write_private(path: &Path, key: &[u8]) -> std::io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let fresh = path.with_file_name(name);
+    let _ = std::fs::remove_file(&fresh);
+    let mut file = create_private(&fresh)?;
+    file.write_all(format!("{}\n", encode_hex(key)).as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&fresh, path)
 }
 
 #[cfg(unix)]
@@ -227,6 +308,30 @@ mod tests {
         }
         std::fs::write(&path, "not hex").unwrap();
         assert!(ReadKey::load_or_create(&path).is_err());
+    }
+
+    #[test]
+    fn an_adopted_key_replaces_the_old_one_and_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let id = TaskId::parse("t").unwrap();
+        let key = ReadKey::load_or_create(&path).unwrap();
+        let old = key.token_for(&id);
+        let shared = ReadKey::from_bytes(&[9; 32]);
+        key.adopt(&shared.hex()).unwrap();
+        assert!(!key.verify(&id, &old));
+        assert!(key.verify(&id, &shared.token_for(&id)));
+        // The node keeps it across a restart, still private.
+        let reloaded = ReadKey::load_or_create(&path).unwrap();
+        assert_eq!(reloaded.hex(), shared.hex());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(key.adopt("abc").is_err());
+        assert_eq!(key.hex(), shared.hex());
     }
 
     #[test]

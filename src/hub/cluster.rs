@@ -75,6 +75,10 @@ const APPLY_WAIT: Duration = Duration::from_secs(2);
 /// The most creations a node remembers as sent without a known outcome.
 const MAX_UNCONFIRMED_CREATES: usize = 10_000;
 
+/// How long after a creation the same creation sent to any node is taken for a retry of
+/// it (answered `201`) rather than a second creation (`409`).
+pub const CREATE_RETRY_WINDOW_MS: u64 = 60_000;
+
 fn unavailable(why: &str) -> HubError {
     HubError::Store(StoreError::Unavailable(why.to_string()))
 }
@@ -209,13 +213,13 @@ impl Hub {
     pub async fn create_clustered(&self, new: NewTask) -> Result<Event, HubError> {
         let log = self.log()?;
         self.admit_write()?;
-        let id = new.id.unwrap_or_else(TaskId::generate);
+        let id = new.id.clone().unwrap_or_else(TaskId::generate);
         if self.read_map().contains_key(&id) {
-            return self.retried_create(&id);
+            return self.retried_create(&id, &new);
         }
-        let mut snapshot = Snapshot::new(id.clone(), new.name, new.total, time::now_ms());
+        let mut snapshot = Snapshot::new(id.clone(), new.name.clone(), new.total, time::now_ms());
         snapshot.seq = 1;
-        snapshot.job = new.job;
+        snapshot.job = new.job.clone();
         let event = Event::encode(&snapshot);
         let append = Append {
             event: &event,
@@ -238,34 +242,40 @@ impl Hub {
             }
             Appended::Exists | Appended::Conflict(_) => {
                 self.await_applied(&id, 1).await;
-                self.retried_create(&id)
+                self.retried_create(&id, &new)
             }
             Appended::Missing => Err(unavailable("the shared store is resyncing")),
         }
     }
 
-    /// A creation of a task that exists: answered as created when this node sent that
-    /// creation without learning its outcome and nothing has changed the task since
-    /// (as [`Hub::create`] does for a creation the store did not confirm); else `409`.
-    fn retried_create(&self, id: &TaskId) -> Result<Event, HubError> {
+    /// A creation of a task that exists: answered as created, not `409`, while nothing has
+    /// changed the task since it was created (its `seq` is still 1) and either this node
+    /// sent that creation without learning its outcome (as [`Hub::create`] does for a
+    /// creation the store did not confirm), or the creation is the same one (same name and
+    /// total) made within [`CREATE_RETRY_WINDOW_MS`]: a producer whose answer was lost
+    /// retries through the load balancer, which may pick another node.
+    fn retried_create(&self, id: &TaskId, new: &NewTask) -> Result<Event, HubError> {
         let mut unconfirmed = self
             .shared
             .unconfirmed_creates
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if !unconfirmed.contains(id) {
+        let Some(cell) = self.read_map().get(id).cloned() else {
+            return Err(HubError::AlreadyExists);
+        };
+        let st = cell.lock();
+        if st.published.seq() != 1 {
             return Err(HubError::AlreadyExists);
         }
-        let published = self
-            .read_map()
-            .get(id)
-            .map(|cell| cell.lock().published.clone());
-        match published {
-            Some(event) if event.seq() == 1 => {
-                unconfirmed.remove(id);
-                Ok(event)
-            }
-            _ => Err(HubError::AlreadyExists),
+        let same = new.job.is_none()
+            && st.working.job.is_none()
+            && st.working.name == new.name
+            && st.working.total == new.total
+            && time::now_ms().saturating_sub(st.working.created_at_ms) <= CREATE_RETRY_WINDOW_MS;
+        if unconfirmed.remove(id) || same {
+            Ok(st.published.clone())
+        } else {
+            Err(HubError::AlreadyExists)
         }
     }
 

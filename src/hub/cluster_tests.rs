@@ -187,50 +187,66 @@ async fn a_write_from_a_stale_node_is_computed_again_on_the_newest_snapshot() {
 }
 
 #[tokio::test]
-async fn a_creation_whose_answer_was_lost_is_answered_again_on_retry() {
+async fn a_creation_whose_answer_was_lost_is_answered_again_on_retry_on_any_node() {
     let log = Arc::new(FakeLog::default());
     let (a, b) = (node(&log), node(&log));
     log.deliver_to
         .lock()
         .unwrap()
         .extend([a.clone(), b.clone()]);
-    let new = |name: &str| NewTask {
+    let new = |name: &str, total: u64| NewTask {
         id: Some(id(name)),
-        total: 4,
+        name: Some(format!("job {name}")),
+        total,
         ..Default::default()
     };
 
     log.lose_answers.store(true, Ordering::SeqCst);
-    let lost = a.create_clustered(new("lost")).await;
+    let lost = a.create_clustered(new("lost", 4)).await;
     assert!(matches!(lost, Err(HubError::Store(_))), "{lost:?}");
     log.lose_answers.store(false, Ordering::SeqCst);
-    // The log took it: the producer's retry on the same node is a creation...
-    let retried = a.create_clustered(new("lost")).await.unwrap();
+    // The log took it: the producer's retry is answered as created on the node that sent
+    // it and on any other, since it asks for the same task...
+    let retried = a.create_clustered(new("lost", 4)).await.unwrap();
     assert_eq!((retried.task_id(), retried.seq()), (&id("lost"), 1));
-    // ...once; another node never sent it, and a new creation of it is a conflict.
-    assert!(matches!(
-        b.create_clustered(new("lost")).await,
-        Err(HubError::AlreadyExists)
-    ));
-    assert!(matches!(
-        a.create_clustered(new("lost")).await,
-        Err(HubError::AlreadyExists)
-    ));
+    let elsewhere = b.create_clustered(new("lost", 4)).await.unwrap();
+    assert_eq!((elsewhere.task_id(), elsewhere.seq()), (&id("lost"), 1));
+    // ...but a different creation under the same id is a conflict on every node.
+    for hub in [&a, &b] {
+        assert!(matches!(
+            hub.create_clustered(new("lost", 5)).await,
+            Err(HubError::AlreadyExists)
+        ));
+        assert!(matches!(
+            hub.create_clustered(NewTask {
+                name: None,
+                ..new("lost", 4)
+            })
+            .await,
+            Err(HubError::AlreadyExists)
+        ));
+    }
 
-    // A task that moved on since is not created again.
+    // A task that moved on since is not created again, by any node.
     log.lose_answers.store(true, Ordering::SeqCst);
-    assert!(a.create_clustered(new("moved")).await.is_err());
+    assert!(a.create_clustered(new("moved", 4)).await.is_err());
     log.lose_answers.store(false, Ordering::SeqCst);
     a.report(&id("moved"), processed(1)).await.unwrap();
-    assert!(matches!(
-        a.create_clustered(new("moved")).await,
-        Err(HubError::AlreadyExists)
-    ));
+    for hub in [&a, &b] {
+        assert!(matches!(
+            hub.create_clustered(new("moved", 4)).await,
+            Err(HubError::AlreadyExists)
+        ));
+    }
 
-    // Without a lost answer, an existing task is a conflict as always.
-    a.create_clustered(new("plain")).await.unwrap();
+    // A creation the node knows it sent without learning the outcome is answered even
+    // if the retry differs (the node remembers it), once.
+    log.lose_answers.store(true, Ordering::SeqCst);
+    assert!(a.create_clustered(new("known", 4)).await.is_err());
+    log.lose_answers.store(false, Ordering::SeqCst);
+    assert_eq!(a.create_clustered(new("known", 9)).await.unwrap().seq(), 1);
     assert!(matches!(
-        a.create_clustered(new("plain")).await,
+        a.create_clustered(new("known", 9)).await,
         Err(HubError::AlreadyExists)
     ));
 }

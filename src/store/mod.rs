@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use memory::MemoryStore;
-pub use redis::RedisStore;
+pub use redis::{RedisStore, SharedKey};
 pub use sqlite::{SqliteStore, FILE_NAME as SQLITE_FILE_NAME};
 
 use crate::hub::{Event, TaskId};

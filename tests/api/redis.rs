@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use progress_hub::hub::RESTART_SEQ_GAP;
+use progress_hub::telemetry::{
+    REDIS_READY, REDIS_RESTORES, REDIS_STREAM_READS, REDIS_SUBSCRIPTION_LOSSES,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -189,6 +192,23 @@ impl Node {
     async fn kill(&mut self) {
         self.child.start_kill().unwrap();
         within(self.child.wait()).await.unwrap();
+    }
+
+    /// The value of an unlabelled metric on `/metrics`.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+            .parse()
+            .unwrap()
     }
 }
 
@@ -471,6 +491,7 @@ async fn redis_away_means_not_ready_and_writes_503_until_it_is_back() {
     // A node started while Redis is down serves, but is not ready and takes no write.
     let node = Node::start_in(tempfile::tempdir().unwrap(), &redis, &[]).await;
     assert_eq!(node.ready_status().await, 503);
+    assert_eq!(node.metric(REDIS_READY).await, 0.0);
     let (status, body, retry_after) = node.send("/api/tasks", json!({"id": "w"})).await;
     assert_eq!(status, 503, "{body}");
     assert!(retry_after.is_some());
@@ -479,12 +500,15 @@ async fn redis_away_means_not_ready_and_writes_503_until_it_is_back() {
 
     let mut redis = Redis::start_on(port).await;
     node.wait_ready().await;
+    assert_eq!(node.metric(REDIS_READY).await, 1.0);
     node.post("/api/tasks", json!({"id": "w"})).await;
     node.post("/api/tasks/w/progress", json!({"processed": 1}))
         .await;
 
     redis.kill().await;
     node.wait_for_readyz(503).await;
+    assert_eq!(node.metric(REDIS_READY).await, 0.0);
+    assert_eq!(node.metric(REDIS_SUBSCRIPTION_LOSSES).await, 1.0);
     let (status, _, retry_after) = node
         .send("/api/tasks/w/progress", json!({"processed": 2}))
         .await;
@@ -652,6 +676,26 @@ async fn redis_a_silent_task_is_marked_stalled_once_whichever_node_sees_it() {
     assert_eq!(seen[3].1["status"], "completed");
 }
 
+/// The value of a string key.
+async fn redis_get(redis: &Redis, key: &str) -> String {
+    let stream = within(tokio::net::TcpStream::connect(("127.0.0.1", redis.port)))
+        .await
+        .unwrap();
+    let mut stream = BufReader::new(stream);
+    let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+    tokio::io::AsyncWriteExt::write_all(stream.get_mut(), command.as_bytes())
+        .await
+        .unwrap();
+    let (mut head, mut value) = (String::new(), String::new());
+    within(stream.read_line(&mut head)).await.unwrap();
+    assert!(
+        head.starts_with('$') && head.trim() != "$-1",
+        "GET {key}: {head}"
+    );
+    within(stream.read_line(&mut value)).await.unwrap();
+    value.trim_end().to_string()
+}
+
 /// Sends one command to Redis in its wire format, and reads the first line of the answer.
 async fn redis_command(redis: &Redis, args: &[&str]) -> String {
     use tokio::io::AsyncWriteExt;
@@ -700,6 +744,9 @@ async fn redis_flushed_under_running_nodes_gets_their_tasks_back() {
     nodes[0]
         .post_retrying("/api/tasks/f/complete", json!({}))
         .await;
+    // The node whose write found Redis empty started over and gave its tasks back.
+    assert_eq!(nodes[2].metric(REDIS_RESTORES).await, 1.0);
+    assert_eq!(nodes[2].metric(REDIS_SUBSCRIPTION_LOSSES).await, 1.0);
     seen.extend(sse_events(&mut follower).await);
     let seen_seqs = seqs(&seen);
     assert!(
@@ -711,4 +758,111 @@ async fn redis_flushed_under_running_nodes_gets_their_tasks_back() {
         (&last["status"], &last["processed"]),
         (&json!("completed"), &json!(2))
     );
+}
+
+#[tokio::test]
+async fn redis_read_tokens_from_one_node_are_valid_on_every_node() {
+    let redis = Redis::start().await;
+    let first = Node::start(&redis, &["--protect-reads"]).await;
+    // The second node comes with a key of its own, as a node set up apart would.
+    let data = tempfile::tempdir().unwrap();
+    let key_file = data.path().join("read-token.key");
+    std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+    let second = Node::start_in(data, &redis, &["--protect-reads"]).await;
+    second.wait_ready().await;
+
+    for (creator, follower, id) in [
+        (&first, &second, "from-first"),
+        (&second, &first, "from-second"),
+    ] {
+        let created = creator
+            .post("/api/tasks", json!({"id": id, "total": 2}))
+            .await;
+        let token = created["read_token"].as_str().expect("read_token");
+        let status = |path: String| async move {
+            client()
+                .get(follower.url(&path))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        let path = format!("/api/index-progress/{id}");
+        assert_eq!(status(format!("{path}?token={token}")).await, 200, "{id}");
+        assert_eq!(status(path.clone()).await, 401, "{id} without a token");
+        let wrong = "0".repeat(32);
+        assert_eq!(status(format!("{path}?token={wrong}")).await, 401);
+    }
+    // The second node keeps the shared key for its next start.
+    let kept = std::fs::read_to_string(&key_file).unwrap();
+    let shared = redis_get(&redis, "progress-hub:read-token-key").await;
+    assert_eq!(kept.trim(), shared);
+    assert_ne!(kept.trim(), "ab".repeat(32));
+}
+
+#[tokio::test]
+async fn redis_a_creation_retried_on_another_node_is_answered_as_created() {
+    let (redis, nodes) = three_nodes(&[]).await;
+    let task = json!({"id": "retried", "name": "nightly export", "total": 10});
+    let (status, first, _) = nodes[0].send("/api/tasks", task.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    // The producer did not get that answer and retries through the load balancer.
+    for node in &nodes[1..] {
+        let (status, again, _) = node.send("/api/tasks", task.clone()).await;
+        assert_eq!(status, 201, "{again}");
+        assert_eq!(again["task_id"], "retried");
+    }
+    // Not the same creation: a conflict.
+    let other = json!({"id": "retried", "name": "nightly export", "total": 11});
+    assert_eq!(nodes[1].send("/api/tasks", other).await.0, 409);
+    // Once the task moved on, even the same creation is a conflict, on every node.
+    nodes[2]
+        .post("/api/tasks/retried/progress", json!({"processed": 1}))
+        .await;
+    for node in &nodes {
+        within(async {
+            while node.get_json("/api/index-progress/retried").await["seq"] != 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert_eq!(node.send("/api/tasks", task.clone()).await.0, 409);
+    }
+    // A node that joins now reads the task's two events from its stream.
+    let late = Node::start(&redis, &[]).await;
+    assert_eq!(late.metric(REDIS_STREAM_READS).await, 2.0);
+    assert_eq!(late.metric(REDIS_RESTORES).await, 0.0);
+}
+
+#[tokio::test]
+async fn redis_a_dashboard_moving_to_an_older_node_learns_what_ended_meanwhile() {
+    let (_redis, nodes) = three_nodes(&[]).await;
+    for id in ["stays", "ends"] {
+        nodes[0].post("/api/tasks", json!({"id": id})).await;
+    }
+    // A dashboard on the newest node reads both tasks, then its node goes away.
+    let mut dashboard = nodes[2].sse("/api/events", None).await;
+    let mut last_id = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        let frame = within(dashboard.next_event()).await.unwrap();
+        last_id = frame.id.unwrap();
+        seen.insert(frame.json()["task_id"].as_str().unwrap().to_string());
+    }
+    drop(dashboard);
+    nodes[0].post("/api/tasks/ends/complete", json!({})).await;
+    // It reconnects to the oldest node with the id the newest one gave.
+    let mut resumed = nodes[0].sse("/api/events", Some(last_id)).await;
+    let ended = within(async {
+        loop {
+            let frame = resumed.next_event().await.unwrap();
+            let data = frame.json();
+            if data["task_id"] == "ends" {
+                return data;
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended["status"], "completed");
 }

@@ -77,27 +77,33 @@ impl Session<'_> {
         timed(pubsub.subscribe(Keys::channel())).await?;
         let (mut sink, mut messages) = pubsub.split();
         self.reconcile_epoch().await?;
+        self.agree_on_key().await?;
         self.catch_up().await?;
         self.store.set_ready(true);
         tracing::info!("Redis subscription ready");
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                message = messages.next() => {
-                    let Some(message) = message else {
-                        return Err(StoreError::Unavailable("subscription closed".to_string()));
-                    };
-                    self.receive(message.get_payload_bytes()).await?;
-                }
-                _ = ping.tick() => {
-                    timed(sink.ping::<Value>()).await?;
-                }
-                _ = self.store.resync.notified() => {
-                    return Err(StoreError::Unavailable("Redis lost its data".to_string()));
+        let lost: Result<(), StoreError> = async {
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else {
+                            return Err(StoreError::Unavailable("subscription closed".to_string()));
+                        };
+                        self.receive(message.get_payload_bytes()).await?;
+                    }
+                    _ = ping.tick() => {
+                        timed(sink.ping::<Value>()).await?;
+                    }
+                    _ = self.store.resync.notified() => {
+                        return Err(StoreError::Unavailable("Redis lost its data".to_string()));
+                    }
                 }
             }
         }
+        .await;
+        self.store.count(|m| &m.subscription_losses, 1);
+        lost
     }
 
     /// One published change: fill any gap before it, then apply it.
@@ -134,7 +140,9 @@ impl Session<'_> {
     /// Applies the task's events from `from` to `to` (inclusive, `None`: the newest) that
     /// Redis still has.
     async fn read_stream(&self, id: &TaskId, from: u64, to: Option<u64>) -> Result<(), StoreError> {
-        for json in self.store.read_stream(id, from, to).await? {
+        let events = self.store.read_stream(id, from, to).await?;
+        self.store.count(|m| &m.stream_reads, events.len() as u64);
+        for json in events {
             if let Ok((event, snapshot)) = Event::decode(&json) {
                 self.apply(event, snapshot);
             }
@@ -185,6 +193,40 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Takes the shared key from Redis, or puts this node's there if it has none.
+    async fn agree_on_key(&self) -> Result<(), StoreError> {
+        let Some(key) = self.store.shared_key.get() else {
+            return Ok(());
+        };
+        let mine = key.hex();
+        let _: Value = self
+            .store
+            .query(
+                redis::cmd("SET")
+                    .arg(Keys::read_token_key())
+                    .arg(&mine)
+                    .arg("NX"),
+            )
+            .await?;
+        let shared: Option<String> = self
+            .store
+            .query(redis::cmd("GET").arg(Keys::read_token_key()))
+            .await?;
+        let Some(shared) = shared.filter(|shared| *shared != mine) else {
+            return Ok(());
+        };
+        let key = Arc::clone(key);
+        let adopted = tokio::task::spawn_blocking(move || key.adopt(&shared)).await;
+        match adopted {
+            Ok(Ok(())) => tracing::info!("adopted the read-token key the other nodes use"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "adopted the read-token key the other nodes use, but could not keep it")
+            }
+            Err(error) => tracing::warn!(%error, "could not adopt the shared read-token key"),
+        }
+        Ok(())
+    }
+
     /// Finds out whether Redis still has the data this node last reconciled with, and
     /// gives it back the tasks this node holds if not.
     async fn reconcile_epoch(&self) -> Result<(), StoreError> {
@@ -212,6 +254,7 @@ impl Session<'_> {
         *lock(&self.store.epoch) = Some(current.clone());
         if known.is_some_and(|known| known != current) {
             tracing::warn!("Redis lost its data: restoring this node's tasks");
+            self.store.count(|m| &m.restores, 1);
             self.restore(&current).await?;
         }
         Ok(())

@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use leases::INTERRUPTED_NODE_LOST;
 
-use super::{FlushFuture, Store, StoreError, StoredTask};
+use super::{FlushFuture, Store, StoreError, StoreMetrics, StoredTask};
 use crate::hub::{Append, Appended, Event, FetchFuture, Hub, LogFuture, SharedLog, TaskId};
+use crate::telemetry::RedisMetrics;
 
 /// How long one command to Redis may take, connecting included, before it counts as
 /// failed: a producer waiting on an unreachable Redis gets `503` after this, not a hang.
@@ -61,6 +62,18 @@ impl Keys {
     fn channel() -> String {
         format!("{PREFIX}changes")
     }
+    fn read_token_key() -> String {
+        format!("{PREFIX}read-token-key")
+    }
+}
+
+/// A secret every node must hold the same (the read-token key of `--protect-reads`): the
+/// first node to reach Redis puts its own there, the others adopt it.
+pub trait SharedKey: Send + Sync {
+    /// This node's key, as text.
+    fn hex(&self) -> String;
+    /// Takes the key the other nodes use.
+    fn adopt(&self, hex: &str) -> Result<(), String>;
 }
 
 pub struct RedisStore {
@@ -85,6 +98,11 @@ pub struct RedisStore {
     /// When the subscription last became ready (the lease watcher gives owners time to
     /// renew after an outage).
     ready_since: Mutex<Option<tokio::time::Instant>>,
+    /// Agreed on with the other nodes each time the subscription (re)starts.
+    shared_key: std::sync::OnceLock<Arc<dyn SharedKey>>,
+    /// Set when the server starts (`/metrics`).
+    metrics: std::sync::OnceLock<RedisMetrics>,
+    write_metrics: std::sync::OnceLock<StoreMetrics>,
 }
 
 impl RedisStore {
@@ -115,6 +133,9 @@ impl RedisStore {
             held: Mutex::new(HashSet::new()),
             resync: tokio::sync::Notify::new(),
             ready_since: Mutex::new(None),
+            shared_key: std::sync::OnceLock::new(),
+            metrics: std::sync::OnceLock::new(),
+            write_metrics: std::sync::OnceLock::new(),
         })
     }
 
@@ -137,12 +158,34 @@ impl RedisStore {
         ]
     }
 
+    /// Makes `key` one the nodes agree on: before this node calls itself ready it
+    /// adopts the key Redis holds, or gives Redis its own if none is there (the first node,
+    /// or a Redis that lost its data).
+    pub fn share_key(&self, key: Arc<dyn SharedKey>) {
+        let _ = self.shared_key.set(key);
+    }
+
+    /// Where the node reports its Redis figures.
+    pub fn attach_redis_metrics(&self, metrics: RedisMetrics) {
+        metrics.ready.set(if self.is_ready() { 1.0 } else { 0.0 });
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn count(&self, counter: impl FnOnce(&RedisMetrics) -> &metrics::Counter, n: u64) {
+        if let Some(metrics) = self.metrics.get() {
+            counter(metrics).increment(n);
+        }
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 
     fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+        if let Some(metrics) = self.metrics.get() {
+            metrics.ready.set(if ready { 1.0 } else { 0.0 });
+        }
         *lock(&self.ready_since) = ready.then(tokio::time::Instant::now);
     }
 
@@ -211,7 +254,11 @@ impl RedisStore {
             .arg(lease_owner)
             .arg(leases::LEASE_TTL.as_millis() as u64);
         let mut conn = self.conn.clone();
+        let started = std::time::Instant::now();
         let answer: Vec<Value> = timed(invocation.invoke_async(&mut conn)).await?;
+        if let Some(metrics) = self.write_metrics.get() {
+            metrics.record_write(started.elapsed());
+        }
         let word = answer.first().and_then(as_bytes).unwrap_or_default();
         match word {
             b"ok" => {
@@ -221,6 +268,7 @@ impl RedisStore {
                 Ok(Appended::Done)
             }
             b"conflict" => {
+                self.count(|m| &m.write_conflicts, 1);
                 let json = answer.get(1).and_then(as_bytes).unwrap_or_default();
                 Ok(Appended::Conflict(bytes::Bytes::copy_from_slice(json)))
             }
@@ -288,6 +336,11 @@ impl Store for RedisStore {
 
     /// Nothing to do: the event came from Redis, or went there before it was published.
     fn record(&self, _event: &Event) {}
+
+    /// Each append's round trip to Redis is a write.
+    fn attach_metrics(&self, metrics: StoreMetrics) {
+        let _ = self.write_metrics.set(metrics);
+    }
 
     fn remove(&self, task_ids: &[TaskId]) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
