@@ -7,6 +7,7 @@
 #   bench/redis-nodes.sh            10,000 followers, 10 s per scenario
 #   bench/redis-nodes.sh --quick    1,000 followers, 3 s: a smoke run
 #
+# The load tool runs in its plainest mode (one process, no nice value, no yields).
 # Everything listens on 127.0.0.1; every loop is bounded; what it starts is stopped on
 # exit. Needs root only to install redis-server, nginx and the Nchan module when missing.
 set -euo pipefail
@@ -128,7 +129,7 @@ run() { # scenario setup kind publish-port subscribe-ports servers... -- loadgen
     log "$scenario on $setup"
     # shellcheck disable=SC2046 # one argument per word
     "$LOADGEN" --server "127.0.0.1:$pub" --target "$kind" "${sub_args[@]}" \
-        --publisher-nice=-5 --workers 2 --label "$scenario" $(pids_of "${servers[@]}") "$@" \
+        --label "$scenario" $(pids_of "${servers[@]}") "$@" \
         2>"$RESULTS/$scenario.$setup.log" | tail -n 1 >"$RESULTS/$scenario.$setup.json" || true
     tail -n 3 "$RESULTS/$scenario.$setup.log" >&2
 }
