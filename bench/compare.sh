@@ -199,17 +199,31 @@ fanout() { # scenario targets loadgen-args...: every client mode, every target
 }
 
 second_client() { # scenario targets sse_client-args...: bench/sse_client.py
+    # progress-hub's events are full snapshots (about 360 bytes per `data:` line) where
+    # Nchan sends the published body (about 50): Nchan runs twice, as it is ("py") and with
+    # its events padded to progress-hub's size ("py-eq"), since this reader's cost grows
+    # with the bytes it reads. The hubs run first so that their size is known.
     local scenario="$1" targets="$2"; shift 2
     wanted "$scenario" || return 0
-    for target in $targets; do
-        local kind=hub pids=() out="$RESULTS/$scenario.py.$target"
-        [ "$target" = nchan ] && kind=nchan
-        for p in $(server_pids "$target"); do pids+=(--server-pid "$p"); done
-        log "$scenario (sse_client.py) on $target"
-        python3 "$ROOT/bench/sse_client.py" --server "127.0.0.1:$(port_of "$target")" \
-            --target "$kind" --label "$scenario" "${pids[@]}" "$@" 2>"$out.log" \
+    local target hub_bytes=""
+    for target in $targets nchan-eq; do
+        local kind=hub pids=() mode=py server=$target extra=()
+        case "$target" in
+            nchan) kind=nchan ;;
+            nchan-eq) kind=nchan; mode=py-eq; server=nchan
+                [ -n "$hub_bytes" ] || continue
+                extra=(--nchan-bytes "$hub_bytes") ;;
+        esac
+        local out="$RESULTS/$scenario.$mode.$server"
+        for p in $(server_pids "$server"); do pids+=(--server-pid "$p"); done
+        log "$scenario (sse_client.py, $mode) on $server"
+        python3 "$ROOT/bench/sse_client.py" --server "127.0.0.1:$(port_of "$server")" \
+            --target "$kind" --label "$scenario" "${pids[@]}" "${extra[@]}" "$@" 2>"$out.log" \
             | tail -n 1 >"$out.json" || true
         tail -n 2 "$out.log" >&2
+        if [ "$target" = hub0 ]; then
+            hub_bytes="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("data_line_bytes") or "")' "$out.json" 2>/dev/null || true)"
+        fi
     done
 }
 
@@ -231,7 +245,7 @@ start_nchan
 ALL="nchan hub0 hub0off hub50"
 fanout sse-1k-10 "$ALL" --subs "$N1K" --rate 10 --duration "$DUR"
 fanout sse-1k-100 "$ALL" --subs "$N1K" --rate 100 --duration "$DUR"
-second_client sse-1k-100 "nchan hub0 hub0off" --subs "$N1K" --rate 100 --duration "$DUR"
+second_client sse-1k-100 "hub0 hub0off nchan" --subs "$N1K" --rate 100 --duration "$DUR"
 fanout sse-10k-10 "$ALL" --subs "$N10K" --rate 10 --duration "$DUR"
 fanout sse-10k-100 "$ALL" --subs "$N10K" --rate 100 --duration "$DUR"
 fanout sse-10k-max "$ALL" --subs "$N10K" --rate 0 --duration "$DUR"

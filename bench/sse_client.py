@@ -69,8 +69,9 @@ def http_request(sock_file, sock, host, path, body):
 class Publisher:
     """One keep-alive HTTP/1.1 connection, one request at a time (blocking)."""
 
-    def __init__(self, addr, target, channel):
+    def __init__(self, addr, target, channel, nchan_bytes=0):
         self.addr, self.target, self.channel = addr, target, channel
+        self.nchan_bytes = nchan_bytes
         self.host = f"{addr[0]}:{addr[1]}"
         self.connect()
 
@@ -99,6 +100,11 @@ class Publisher:
         else:
             path = f"/pub?id={self.channel}"
             body = f'{{"n":{n},"t":{t},"pad":""}}'
+            if self.nchan_bytes:
+                # The padding before "t", as in progress-hub's snapshot, so that the
+                # reader scans as many bytes to find it.
+                pad = "x" * max(0, self.nchan_bytes - len("data: ") - len(body))
+                body = f'{{"n":{n},"pad":"{pad}","t":{t}}}'
         return self.request(path, body.encode())
 
     def finish(self, t):
@@ -109,7 +115,7 @@ class Publisher:
 
 def publish(args, addr, channel, go, report):
     """The publishing process: waits for `go`, publishes, sends its figures back."""
-    publisher = Publisher(addr, args.target, channel)
+    publisher = Publisher(addr, args.target, channel, args.nchan_bytes)
     go.recv()
     acks_us, errors, published = [], 0, 0
     start_ns = time.time_ns()
@@ -216,6 +222,7 @@ def run(args):
         carry[sock.fileno()] = rest
         epoll.register(sock.fileno(), select.EPOLLIN)
     latencies, finals, last_ns = [], 0, 0
+    data_line_bytes = None
     add = latencies.append
     go_send.send(True)
     deadline = None
@@ -245,6 +252,9 @@ def run(args):
             lines = data[:cut]
             for t in TIMED.findall(lines):
                 add((now - int(t)) // 1000)
+            if data_line_bytes is None and latencies:
+                line = next(l for l in lines.split(b"\n") if TIMED.match(l))
+                data_line_bytes = len(line)
             if FINAL.search(lines):
                 finals += 1
                 last_ns = now
@@ -285,6 +295,7 @@ def run(args):
         "lat_max_ms": ms(lat[-1] if lat else None),
         "missed_final": connected - min(finals, connected),
         "server_cpu_secs": round(server_cpu, 3),
+        "data_line_bytes": data_line_bytes,
         "tool_cpu_secs": round(usage.ru_utime + usage.ru_stime, 3),
     }
 
@@ -300,6 +311,11 @@ def main():
     parser.add_argument("--channel")
     parser.add_argument("--label", default="")
     parser.add_argument("--server-pid", type=int, action="append", default=[])
+    parser.add_argument(
+        "--nchan-bytes", type=int, default=0,
+        help="pad Nchan's events so that each `data:` line is this long: progress-hub sends "
+        "a full snapshot (about 360 bytes), Nchan the published body (about 50), and the "
+        "reader's cost grows with the bytes it reads")
     args = parser.parse_args()
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit[1], limit[1]))

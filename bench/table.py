@@ -71,8 +71,15 @@ def ratio(hub, nchan):
 
 # Client modes in the order they are shown: loadgen plain and cooperative, then the
 # second client (bench/sse_client.py).
-MODES = ["plain", "coop", "py"]
-MODE_NAMES = {"plain": "loadgen, plain", "coop": "loadgen, coop", "py": "sse_client.py"}
+MODES = ["plain", "coop", "py", "py-eq"]
+MODE_NAMES = {
+    "plain": "loadgen, plain",
+    "coop": "loadgen, coop",
+    "py": "sse_client.py",
+    "py-eq": "sse_client.py, Nchan's events as long as progress-hub's",
+}
+# A mode whose progress-hub figures are those of another: "py-eq" pads Nchan's events only.
+SAME_HUB_RUN = {"py-eq": "py"}
 TARGETS = ("nchan", "hub0", "hub0off", "hub50")
 
 
@@ -96,7 +103,10 @@ def main(directory):
             metrics = IDLE if scenario == "idle" else POLL if scenario == "poll" else FANOUT
             client = "wrk" if scenario == "poll" else MODE_NAMES[mode]
             for key, label, better in metrics:
-                cells = [results.get((scenario, mode, t), {}).get(key) for t in TARGETS]
+                cells = [
+                    results.get((scenario, SAME_HUB_RUN.get(mode, mode) if t != "nchan" else mode, t), {}).get(key)
+                    for t in TARGETS
+                ]
                 arrow = "higher is better" if better == "up" else "lower is better"
                 print(
                     f"| {scenario} | {client} | {label} ({arrow}) | {fmt(cells[0])} "
