@@ -6,6 +6,7 @@
 #
 #   bench/redis-nodes.sh            10,000 followers, 10 s per scenario
 #   bench/redis-nodes.sh --quick    1,000 followers, 3 s: a smoke run
+#   FOLLOWERS=100 bench/redis-nodes.sh --quick    another number of followers
 #
 # The load tool runs in its plainest mode (one process, no nice value, no yields).
 # Everything listens on 127.0.0.1; every loop is bounded; what it starts is stopped on
@@ -25,6 +26,7 @@ PROFILE="${PROFILE:-release}"
 HUB_BIN="$ROOT/target/$PROFILE/progress-hub"
 LOADGEN="$ROOT/target/$PROFILE/loadgen"
 if [ "$MODE" = quick ]; then SUBS=1000; DUR=3; else SUBS=10000; DUR=10; fi
+SUBS="${FOLLOWERS:-$SUBS}"
 
 log() { echo "== $*" >&2; }
 
