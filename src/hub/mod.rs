@@ -827,6 +827,10 @@ async fn deliver_to_sinks(
 /// ([`crate::transport::handoff::MAX_BATCH`]).
 const CATCH_UP_MAX: usize = 16;
 
+/// How often a round looks for events published since it began, for the sinks still to
+/// come (a lock and a comparison; a write costs thousands of times more).
+const CATCH_UP_EVERY: usize = 16;
+
 /// Delivers to `sinks[range]`. A round over thousands of sinks takes milliseconds, and
 /// what is published meanwhile would wait for the next round: every so often the
 /// sinks still to come get those newer events too, in the same write (the next round
@@ -841,8 +845,10 @@ async fn deliver_range(
     let mut events = std::borrow::Cow::Borrowed(events);
     for (n, sink) in sinks[range].iter().enumerate() {
         sink.deliver(&events);
-        if n % SINKS_PER_JOB == SINKS_PER_JOB - 1 {
-            tokio::task::yield_now().await;
+        if n % CATCH_UP_EVERY == CATCH_UP_EVERY - 1 {
+            if n % SINKS_PER_JOB == SINKS_PER_JOB - 1 {
+                tokio::task::yield_now().await;
+            }
             let newest = events.last().map_or(0, Event::seq);
             // A statement of its own, so the lock is released before anything is sent.
             let catch_up = cell.lock().catch_up(newest, events.len());

@@ -611,9 +611,9 @@ impl Sink for Burst {
 }
 
 /// Publishes one change (seq 2) to a burst sink and 1,100 recording sinks (one relay job,
-/// which looks for newer events every `SINKS_PER_JOB` sinks), the burst arriving
+/// which looks for newer events every `CATCH_UP_EVERY` sinks), the burst arriving
 /// mid-round, and checks the first batch each recording sink got: the round's change
-/// alone for sinks 1..=511 (0 is the burst), which come before the relay looks, and
+/// alone for sinks 1..=15 (0 is the burst), which come before the relay looks, and
 /// `late` for the others.
 async fn assert_first_batches_after_a_burst_mid_round(
     burst: u64,
@@ -642,7 +642,7 @@ async fn assert_first_batches_after_a_burst_mid_round(
     }
     let late: Vec<u64> = late.collect();
     for (n, sink) in sinks.iter().enumerate() {
-        let expected = if n < SINKS_PER_JOB - 1 {
+        let expected = if n < CATCH_UP_EVERY - 1 {
             &[2][..]
         } else {
             &late[..]
