@@ -87,8 +87,8 @@ pub async fn read_one(stream: &mut TcpStream) -> RawResponse {
 
 /// Waits for the server to close the connection; true if it did (EOF or reset) before
 /// the test's timeout.
-pub async fn closed_by_server(stream: &mut TcpStream) -> bool {
-    let mut chunk = [0u8; 1024];
+pub async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    let mut chunk = vec![0u8; 64 * 1024];
     loop {
         match tokio::time::timeout(crate::helpers::TIMEOUT, stream.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return true,
