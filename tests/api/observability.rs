@@ -34,6 +34,10 @@ async fn readyz_is_ready_then_not_as_soon_as_shutdown_starts() {
         .unwrap();
     // The stream's connection, this scrape's and `waiting`: all accepted.
     wait_for_metric(&app, "progress_hub_http_connections", |n| n >= 3.0).await;
+    // Accepted is not yet read: with the fast paths off, hyper takes a connection whose
+    // bytes it has not read yet for an idle one and closes it at shutdown unanswered (seen
+    // once in CI). Give it the moment it needs to read the half-sent head.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     let stopping = tokio::spawn(app.stop());
     assert!(
