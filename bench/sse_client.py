@@ -35,6 +35,11 @@ import time
 ENDS = rb'(?:"event":"completed"|"final":true)'
 TIMED = re.compile(rb'data:(?![^\n]*' + ENDS + rb')[^\n]*?"t":(\d+)')
 FINAL = re.compile(rb'data:[^\n]*' + ENDS)
+# The same for a read without a terminal event (nearly all), without scanning each line
+# twice: TIMED costs 4 µs on a progress-hub event and 0.5 µs on Nchan's shorter one, which
+# at 100,000 events a second made the reader's own load depend on the server's event length.
+TIME = re.compile(rb'"t":(\d+)')
+ENDS_PLAIN = (b'"event":"completed"', b'"final":true')
 
 
 def http_request(sock_file, sock, host, path, body):
@@ -250,12 +255,13 @@ def run(args):
             cut = data.rfind(b"\n") + 1
             carry[fd] = data[cut:]
             lines = data[:cut]
-            for t in TIMED.findall(lines):
+            ending = ENDS_PLAIN[0] in lines or ENDS_PLAIN[1] in lines
+            for t in (TIMED if ending else TIME).findall(lines):
                 add((now - int(t)) // 1000)
             if data_line_bytes is None and latencies:
                 line = next(l for l in lines.split(b"\n") if TIMED.match(l))
                 data_line_bytes = len(line)
-            if FINAL.search(lines):
+            if ending and FINAL.search(lines):
                 finals += 1
                 last_ns = now
                 epoll.unregister(fd)
