@@ -771,10 +771,17 @@ impl<F: Future<Output = ()> + Send + 'static> Drop for SpawnOnDrop<F> {
 /// writes to thousands of sockets, cost nobody else a wait. One batch is done before the
 /// next is taken, so every sink gets events in order.
 async fn relay(cell: TaskRef, fan_out: Option<(tokio::runtime::Handle, usize)>) {
+    let mut work = None;
     loop {
         // A statement of its own, so the lock is released before anything is sent.
-        let next = cell.lock().relay_batch();
-        let Some(RelayBatch { events, tx, sinks }) = next else {
+        let next = cell.lock().relay_batch(work);
+        let Some(RelayBatch {
+            events,
+            tx,
+            sinks,
+            spare,
+        }) = next
+        else {
             return;
         };
         for event in events.iter() {
@@ -782,7 +789,9 @@ async fn relay(cell: TaskRef, fan_out: Option<(tokio::runtime::Handle, usize)>) 
             let _ = tx.send(event.clone());
         }
         drop(tx);
-        deliver_to_sinks(&cell, &sinks, &events, fan_out.as_ref()).await;
+        let started = std::time::Instant::now();
+        let jobs = deliver_to_sinks(&cell, &sinks, &events, fan_out.as_ref(), spare).await;
+        work = Some(started.elapsed() * jobs);
     }
 }
 
@@ -791,22 +800,31 @@ async fn relay(cell: TaskRef, fan_out: Option<(tokio::runtime::Handle, usize)>) 
 /// newer events.
 const SINKS_PER_JOB: usize = 512;
 
+/// The same for a relay that was mostly idle ([`task::RelayPace`]).
+const SPARE_SINKS_PER_JOB: usize = 256;
+
 /// Every sink gets `events`. Many sinks are split into one job per fan-out thread, each
 /// yielding now and then so that the streams of that runtime (slow subscribers'
-/// writers, heartbeats) are not held up for a whole round.
+/// writers, heartbeats) are not held up for a whole round. Returns the number of jobs.
 async fn deliver_to_sinks(
     cell: &TaskRef,
     sinks: &Arc<[Arc<dyn Sink>]>,
     events: &Arc<[Event]>,
     fan_out: Option<&(tokio::runtime::Handle, usize)>,
-) {
+    spare: bool,
+) -> u32 {
+    let least = if spare {
+        SPARE_SINKS_PER_JOB
+    } else {
+        SINKS_PER_JOB
+    };
     let jobs = match fan_out {
-        Some((_, threads)) => (*threads).min(sinks.len() / SINKS_PER_JOB),
+        Some((_, threads)) => (*threads).min(sinks.len() / least),
         None => 0,
     };
     let Some((runtime, _)) = fan_out.filter(|_| jobs > 1) else {
         deliver_range(cell, sinks, events, 0..sinks.len()).await;
-        return;
+        return 1;
     };
     let per_job = sinks.len().div_ceil(jobs);
     let handles: Vec<_> = (0..jobs)
@@ -820,6 +838,7 @@ async fn deliver_to_sinks(
         // An error only means the runtime is shutting down.
         let _ = handle.await;
     }
+    u32::try_from(jobs).unwrap_or(u32::MAX)
 }
 
 /// The most events a relay round hands each sink once it has added newer ones, and what

@@ -58,6 +58,8 @@ pub(crate) struct TaskState {
     /// Subscribers the relay writes to itself (see [`super::sink`]); like `tx`, emptied
     /// once the terminal event has been relayed.
     pub sinks: Sinks,
+    /// How busy the task's relay is (see [`RelayPace`]).
+    pub relay_pace: RelayPace,
     pub rate: RateEstimator,
     /// The store failed to confirm this task's creation or ending, whose producer was told
     /// so (`503`). Its change stays shown and the store keeps trying; the same request
@@ -106,6 +108,7 @@ impl TaskCell {
                 outbox_overflowed: false,
                 relaying: false,
                 sinks: Sinks::default(),
+                relay_pace: RelayPace::default(),
                 rate: RateEstimator::default(),
                 unconfirmed: false,
             }),
@@ -202,15 +205,20 @@ impl TaskState {
 
     /// Takes what the relay is to send next, with the channel and the sinks to send it to.
     /// `None` when the outbox is empty: the relay is then over (a later publish starts a
-    /// new one).
-    pub fn relay_batch(&mut self) -> Option<RelayBatch> {
+    /// new one). `work`: what the relay's previous round cost, if it had one.
+    pub fn relay_batch(&mut self, work: Option<std::time::Duration>) -> Option<RelayBatch> {
+        if let Some(work) = work {
+            self.relay_pace.work = work;
+        }
         let tx = match (&self.tx, self.outbox.is_empty()) {
             (Some(tx), false) => tx.clone(),
             _ => {
                 self.relaying = false;
+                self.relay_pace.ended();
                 return None;
             }
         };
+        let spare = self.relay_pace.spare();
         let events: Vec<Event> = std::mem::take(&mut self.outbox).into();
         self.outbox_overflowed = false;
         let sinks = if events.last().is_some_and(Event::is_terminal) {
@@ -225,6 +233,7 @@ impl TaskState {
             events: events.into(),
             tx,
             sinks,
+            spare,
         })
     }
 
@@ -313,7 +322,62 @@ pub(crate) struct RelayBatch {
     pub events: Arc<[Event]>,
     pub tx: broadcast::Sender<Event>,
     pub sinks: Arc<[Arc<dyn Sink>]>,
+    /// The relay was idle most of the time before this round: it may spread the round's
+    /// writes over more threads than a busy relay would.
+    pub spare: bool,
+}
+
+/// How busy a task's relay has been. A round of writes to a thousand sinks takes
+/// milliseconds; spread over the fan-out threads it ends sooner, and its subscribers get
+/// the event sooner, if those threads have cores to run on. A relay that has been idle
+/// for at least [`RelayPace::SPARE`] times what its last round cost (a producer at 10
+/// events a second) spreads from fewer sinks on; a busy one (100 a second, where the
+/// round fills half the interval) keeps its writes on fewer threads, and the cores for
+/// everything else (docs/design/relay-and-fan-out.md).
+#[derive(Default)]
+pub(crate) struct RelayPace {
+    /// When the last relay ended; `None` while one runs (or none has).
+    idle_since: Option<std::time::Instant>,
+    /// The last round's time, summed over the threads that wrote it.
+    work: std::time::Duration,
+}
+
+impl RelayPace {
+    const SPARE: u32 = 3;
+
+    /// The relay is over: the outbox is empty.
+    fn ended(&mut self) {
+        self.idle_since = Some(std::time::Instant::now());
+    }
+
+    /// A round starts: whether the relay was idle long enough since the last one.
+    fn spare(&mut self) -> bool {
+        self.idle_since
+            .take()
+            .is_some_and(|since| since.elapsed() >= self.work * Self::SPARE)
+    }
 }
 
 /// Shared handle to a task, as the hub's map holds it.
 pub(crate) type TaskRef = Arc<TaskCell>;
+
+#[cfg(test)]
+mod tests {
+    use super::RelayPace;
+    use std::time::Duration;
+
+    #[test]
+    fn a_relay_is_spare_only_after_idling_three_times_its_last_round() {
+        let mut pace = RelayPace::default();
+        assert!(!pace.spare(), "a task's first round");
+        pace.work = Duration::from_millis(1);
+        pace.ended();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(pace.spare(), "idle 5 ms after a round of 1 ms");
+        assert!(!pace.spare(), "rounds back to back: never idle in between");
+        pace.work = Duration::from_secs(1);
+        pace.ended();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!pace.spare(), "idle 5 ms after a round of 1 s");
+    }
+}
