@@ -850,6 +850,9 @@ const CATCH_UP_MAX: usize = 16;
 /// come (a lock and a comparison; a write costs thousands of times more).
 const CATCH_UP_EVERY: usize = 16;
 
+// `deliver_range` yields on a catch-up look only: every `SINKS_PER_JOB` sinks must be one.
+const _: () = assert!(SINKS_PER_JOB.is_multiple_of(CATCH_UP_EVERY));
+
 /// Delivers to `sinks[range]`. A round over thousands of sinks takes milliseconds, and
 /// what is published meanwhile would wait for the next round: every so often the
 /// sinks still to come get those newer events too, in the same write (the next round
